@@ -1,0 +1,27 @@
+# Two entry points: `make run` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+HOST ?= 127.0.0.1
+
+.PHONY: run test bench clean
+
+$(BIN)/cds-service: pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+run: $(BIN)/cds-service
+	CDS_DEV=1 $(BIN)/cds-service serve --host $(HOST) --port $(PORT)
+
+test: $(BIN)/cds-service
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/cds-service
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

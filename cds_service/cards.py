@@ -1,0 +1,138 @@
+"""Findings → CDS Hooks cards: one card per rule, the most urgent variant's words, every number shown."""
+from __future__ import annotations
+
+import logging
+import uuid
+from types import SimpleNamespace
+from typing import Any
+
+from .engine import Finding
+from .rulebook import INDICATOR_RANK, Rule, Rulebook
+
+TOPIC_SYSTEM = "https://cd20-cds.org/CodeSystem/rule"
+OVERRIDE_SYSTEM = "https://cd20-cds.org/CodeSystem/override-reason"
+OVERRIDE_REASONS = [
+    ("result-elsewhere", "Result available outside this record"),
+    ("specialist-reviewed", "Reviewed with a specialist; proceeding"),
+    ("benefit-outweighs-risk", "Benefit outweighs the risk for this patient"),
+    ("not-applicable", "Does not apply to this patient"),
+]
+SUMMARY_LIMIT = 139
+log = logging.getLogger(__name__)
+
+
+def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
+    """Cards for these findings, most urgent first; suppressed rules (e.g. a subset pattern) dropped."""
+    by_rule: dict[str, list[Finding]] = {}
+    for finding in findings:
+        by_rule.setdefault(finding.rule_id, []).append(finding)
+    suppressed = {s for rule_id in by_rule for s in rulebook.rules[rule_id].suppresses}
+    order = list(rulebook.rules)
+    cards = [
+        _card(rulebook.rules[rule_id], group, rulebook, hook_instance, patient_id)
+        for rule_id, group in by_rule.items() if rule_id not in suppressed
+    ]
+    cards.sort(key=lambda c: (INDICATOR_RANK[c["indicator"]], order.index(c["source"]["topic"]["code"])))
+    return cards
+
+
+def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
+    variants = rulebook.variants
+    top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
+    chosen = [f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top]
+    thresholds = _namespace(rulebook.thresholds)
+    summaries = _unique(_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen)
+    order = chosen[0].bindings["order"]
+    summary = summaries[0]
+    if len(summaries) > 1 and rule.summary_many:
+        summary = _fill(rule.summary_many, {"order": order}, thresholds, count=len(summaries))
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{rule.id}")),
+        "summary": _clip(summary),
+        "indicator": variants[chosen[0].variant].indicator,
+        "detail": _detail(rule, summaries, chosen, thresholds),
+        "source": {"label": rule.source["label"], "url": rule.source["url"],
+                   "topic": {"system": TOPIC_SYSTEM, "code": rule.id, "display": rule.id}},
+        "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
+    }
+    if rule.orderables:
+        card["suggestions"] = [_order_tests(rule, patient_id, card["uuid"])]
+        card["selectionBehavior"] = "at-most-one"
+    return card
+
+
+def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: SimpleNamespace) -> str:
+    order = findings[0].bindings["order"]
+    parts = []
+    if len(summaries) > 1:
+        parts.append("\n".join(f"- {s}" for s in summaries))
+    parts.append(_fill(rule.detail, {"order": order}, thresholds))
+    rows = _unique(_row(fact) for f in findings for name, fact in f.bindings.items()
+                   if name != "order" and fact.get("kind") == "lab")
+    if rows:
+        parts.append("| Result | Value | Date | Limit used | × limit |\n|---|---|---|---|---|\n" + "\n".join(rows))
+    gaps = _unique(f"- {fact['what']} {fact['reason']}" for f in findings for fact in f.bindings.values()
+                   if fact.get("kind") == "unavailable")
+    if gaps:
+        parts.append("\n".join(gaps))
+    problems = _unique(f"- Problem list: {fact['display']} (active)" for f in findings
+                       for fact in f.bindings.values() if fact.get("kind") == "condition")
+    if problems:
+        parts.append("\n".join(problems))
+    dose = (f"Order: {order['name']}, {order['phase_text']}"
+            + (f"; last dose {order['last_dose']}" if order.get("last_dose") else "") + ".")
+    if order.get("matched_by") == "text":
+        dose += f" Recognised by its name (\"{order['matched_text']}\"), not by a code."
+    parts.append(dose)
+    parts.append(f"Source: {rule.source['label']}.")
+    return "\n\n".join(p for p in parts if p)
+
+
+def _row(fact: dict[str, Any]) -> str:
+    if "result" in fact:
+        return f"| {fact['label']} | {fact['result']} | {fact['date']} | | |"
+    limit, times = "", ""
+    if "uln_text" in fact:
+        limit, times = f"upper {fact['uln_text']} ({fact['range_source']})", fact["x_uln_text"]
+    elif "lln_text" in fact:
+        limit = f"lower {fact['lln_text']} ({fact['range_source']})"
+    return f"| {fact['label']} | {fact['value_text']} | {fact['date']} | {limit} | {times} |"
+
+
+def _order_tests(rule: Rule, patient_id: str, card_uuid: str) -> dict[str, Any]:
+    names = " and ".join(t["display"].split(" [")[0] for t in rule.orderables)
+    actions = [{
+        "type": "create",
+        "description": f"Order {test['display']} (LOINC {test['code']})",
+        "resource": {
+            "resourceType": "ServiceRequest", "status": "draft", "intent": "order",
+            "code": {"coding": [{"system": "http://loinc.org", "code": test["code"], "display": test["display"]}],
+                     "text": test["display"]},
+            "subject": {"reference": f"Patient/{patient_id}"},
+        },
+    } for test in rule.orderables]
+    return {"label": _clip(f"Order {names}"), "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{card_uuid}/order")),
+            "isRecommended": True, "actions": actions}
+
+
+def _fill(template: str, bindings: dict[str, Any], thresholds: SimpleNamespace, **extra: Any) -> str:
+    names = {name: _namespace(fact) for name, fact in bindings.items()}
+    try:
+        return template.strip().format(t=thresholds, **names, **extra)
+    except (AttributeError, KeyError, IndexError) as e:
+        log.error("card text template refers to a missing value: %s", e)
+        return template.strip()
+
+
+def _namespace(value: Any) -> Any:
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k.replace("-", "_"): _namespace(v) for k, v in value.items()})
+    return value
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1].rstrip() + "…"
+
+
+def _unique(items: Any) -> list[str]:
+    return list(dict.fromkeys(items))

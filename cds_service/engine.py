@@ -1,0 +1,109 @@
+"""The only module that touches durable-rules.
+
+What durable-rules 2.0.28 does not tolerate, and how this module copes:
+- its C engine is not thread-safe: every call goes through one lock;
+- its Host polls the engine from two background timer threads outside any lock: our Host starts none
+  (no rule uses timers);
+- it allows at most 1024 live sessions, and `delete_state` crashes the process (segmentation fault) on
+  sessions that asserted facts no rule fully matched: so there is one session, reused, and each
+  evaluation retracts every fact it asserted; if the session is ever found not empty afterwards, the
+  engine is rebuilt rather than trusted;
+- a fact that matches nothing raises MessageNotHandledException: caught, it is not an error here.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from durable import engine as durable
+
+from .rulebook import Rulebook
+
+log = logging.getLogger(__name__)
+SID = "0"
+_generation = itertools.count()
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule variant that fired, with the facts it matched."""
+
+    variant: str  # "<rule id>#<n>"
+    bindings: dict[str, dict[str, Any]]
+
+    @property
+    def rule_id(self) -> str:
+        return self.variant.split("#", 1)[0]
+
+
+class _Host(durable.Host):
+    """A durable Host whose every action records a finding for the evaluation under way."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+        super().__init__()
+
+    def _run(self) -> None:
+        """Start no background timer threads (see the module docstring)."""
+
+    def get_action(self, action_name: str):
+        def record(c: Any) -> None:
+            bound = {name: _plain(fact) for name, fact in c._m.items()}
+            self.findings.append(Finding(action_name, bound))
+
+        return record
+
+
+class Engine:
+    """Evaluates one order's facts against the rulebook; safe to call from many threads."""
+
+    def __init__(self, rulebook: Rulebook) -> None:
+        self._rulebook = rulebook
+        self._lock = threading.Lock()
+        with self._lock:
+            self._build()
+            self._run([], {"kind": "warm-up"})
+
+    def evaluate(self, order: dict[str, Any], record: list[dict[str, Any]]) -> list[Finding]:
+        """Findings for one ordered product given the patient's record facts.
+
+        The record is asserted before the order: rules with `unless` patterns are decided when the
+        order arrives, so everything they might be waiting for must already be there.
+        """
+        with self._lock:
+            return self._run(record, order)
+
+    def _build(self) -> None:
+        self._name = f"cd20-{next(_generation)}"
+        self._host = _Host()
+        # durable-rules deletes 'run' from the definition it is given: hand it a copy
+        self._host.set_rulesets({self._name: {n: dict(r) for n, r in self._rulebook.ruleset.items()}})
+
+    def _run(self, record: list[dict[str, Any]], order: dict[str, Any]) -> list[Finding]:
+        facts = [{**fact, "sid": SID} for fact in record] + [{**order, "sid": SID}]
+        self._host.findings = []
+        try:
+            for batch in (facts[:-1], facts[-1:]):
+                if batch:
+                    self._call(self._host.assert_facts, batch)
+            return self._host.findings
+        finally:
+            self._host.findings = []
+            for fact in reversed(facts):
+                self._call(self._host.retract_fact, fact)
+            if self._host.get_facts(self._name, SID):
+                log.error("rules engine session not empty after an evaluation; rebuilding the engine")
+                self._build()
+
+    def _call(self, method: Any, facts: Any) -> None:
+        try:
+            method(self._name, facts)
+        except durable.MessageNotHandledException:
+            pass
+
+
+def _plain(fact: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(fact).items() if k not in ("sid", "id", "$s")}

@@ -1,0 +1,114 @@
+"""CDS Hooks 2.0 request model and this service's definitions (what discovery lists)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+REQUIRED_CONTEXT = {
+    "order-select": ("userId", "patientId", "selections", "draftOrders"),
+    "order-sign": ("userId", "patientId", "draftOrders"),
+}
+
+
+class InvalidRequest(ValueError):
+    """The body is not a CDS Hooks request this service can answer (HTTP 400); says what is wrong."""
+
+
+class FhirAuthorization(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    access_token: str
+    token_type: str = "Bearer"
+    expires_in: int | None = None
+    scope: str | None = None
+    subject: str | None = None
+    patient: str | None = None
+
+    def __repr__(self) -> str:  # never let the token reach a log line through repr()
+        return "FhirAuthorization(access_token=***)"
+
+
+class HookRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    hook: str
+    hookInstance: str
+    context: dict[str, Any]
+    fhirServer: str | None = None
+    fhirAuthorization: FhirAuthorization | None = None
+    prefetch: dict[str, Any] | None = None
+
+    @field_validator("hookInstance", "hook")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _server_with_token(self) -> "HookRequest":
+        if self.fhirAuthorization is not None and not self.fhirServer:
+            raise ValueError("fhirAuthorization was sent without fhirServer")
+        return self
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+
+    def discovery(self) -> dict[str, Any]:
+        return {"hook": self.hook, "id": self.id, "title": self.title, "description": self.description,
+                "prefetch": self.prefetch,
+                "usageRequirements": "FHIR R4. Prefetch, or fhirServer with fhirAuthorization."}
+
+
+def services(prefetch: dict[str, str]) -> dict[str, ServiceDefinition]:
+    what = ("HBV screening and serology, immunoglobulins (IgG), liver injury (ALT/AST with bilirubin) "
+            "and neutrophil counts")
+    definitions = [
+        ServiceDefinition("cd20-order-select", "order-select", "Anti-CD20 therapy safety checks (order select)",
+                          f"Checks a newly selected anti-CD20 order (ocrelizumab, ofatumumab, ublituximab, "
+                          f"rituximab) against the patient's record: {what}.", prefetch),
+        ServiceDefinition("cd20-order-sign", "order-sign", "Anti-CD20 therapy safety checks (order sign)",
+                          f"Checks every anti-CD20 order about to be signed against the patient's record: "
+                          f"{what}.", prefetch),
+    ]
+    return {d.id: d for d in definitions}
+
+
+def parse(body: Any, service: ServiceDefinition) -> HookRequest:
+    """A validated HookRequest for `service`, or InvalidRequest saying what is wrong."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        request = HookRequest.model_validate(body)
+    except ValidationError as e:
+        raise InvalidRequest("; ".join(_describe(err) for err in e.errors()[:5])) from None
+    if request.hook != service.hook:
+        raise InvalidRequest(f"hook {request.hook!r} does not match service {service.id!r} ({service.hook})")
+    missing = [f for f in REQUIRED_CONTEXT[service.hook] if f not in request.context]
+    if missing:
+        raise InvalidRequest(f"context is missing required field(s): {', '.join(missing)}")
+    _check_context(request.context, service.hook)
+    return request
+
+
+def _check_context(context: dict[str, Any], hook: str) -> None:
+    for name in ("userId", "patientId"):
+        if not isinstance(context[name], str) or not context[name]:
+            raise InvalidRequest(f"context.{name} must be a non-empty string")
+    if not isinstance(context["draftOrders"], dict):
+        raise InvalidRequest("context.draftOrders must be a FHIR Bundle (a JSON object)")
+    if hook == "order-select":
+        selections = context["selections"]
+        if not isinstance(selections, list) or not all(isinstance(s, str) for s in selections):
+            raise InvalidRequest("context.selections must be a list of references such as 'MedicationRequest/1'")
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(p) for p in error["loc"]) or "body"
+    return f"{where}: {error['msg']}"

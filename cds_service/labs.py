@@ -1,0 +1,180 @@
+"""Observations → lab results in one canonical unit per analyte, or a reason they cannot be read.
+
+Only Observations whose LOINC code a rule uses are read; each is validated with the FHIR R4B model
+first, because a value from a malformed resource is no value to dose on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any
+
+from fhir.resources.R4B.observation import Observation
+from pydantic import ValidationError
+
+from .units import UnknownUnit, Units
+
+IGNORED_STATUS = {"entered-in-error", "cancelled", "registered"}
+
+
+@dataclass(frozen=True)
+class LabResult:
+    analyte: str
+    when: datetime
+    status: str
+    value: float | None = None  # canonical unit, quantitative analytes
+    result: str | None = None  # positive / negative / indeterminate, qualitative analytes
+    unit: str = ""
+    low: float | None = None  # reference limits in the canonical unit
+    high: float | None = None
+    range_source: str = ""  # "the result's reference range" or "the default limit"
+    original: str = ""  # the value as reported, e.g. "15 umol/L"
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    analyte: str
+    when: datetime | None
+    reason: str
+
+
+class LabReader:
+    def __init__(self, valuesets: dict[str, Any], units: Units) -> None:
+        loinc = valuesets["systems"]["loinc"]
+        self._analytes = valuesets["analytes"]
+        self._by_code = {(loinc, code): name for name, a in self._analytes.items() for code in a["loinc"]}
+        self._answers = _answer_table(valuesets["qualitative"])
+        self._units = units
+
+    def analyte_of(self, resource: dict[str, Any]) -> str | None:
+        """The analyte an Observation reports, judged from its raw JSON (cheap: used as a filter)."""
+        code = resource.get("code")
+        codings = code.get("coding") if isinstance(code, dict) else None
+        for coding in codings if isinstance(codings, list) else ():
+            if isinstance(coding, dict):
+                name = self._by_code.get((coding.get("system"), coding.get("code")))
+                if name:
+                    return name
+        return None
+
+    def read(self, resource: dict[str, Any], analyte: str) -> LabResult | Unreadable | None:
+        """None for results that do not count at all (entered in error, cancelled)."""
+        if resource.get("status") in IGNORED_STATUS:
+            return None
+        try:
+            obs = Observation.model_validate(resource)
+        except ValidationError as e:
+            fields = sorted({".".join(str(p) for p in err["loc"]) for err in e.errors()})
+            return Unreadable(analyte, None, "is not valid FHIR (" + ", ".join(fields[:3]) + ")")
+        when = _when(obs)
+        if when is None:
+            return Unreadable(analyte, None, "has no date")
+        kind = self._analytes[analyte]["type"]
+        if kind == "quantitative":
+            return self._quantity(obs, analyte, when)
+        answer = self._answer(obs, kind)
+        if answer is None:
+            return Unreadable(analyte, when, "has no result that can be read as positive or negative")
+        return LabResult(analyte, when, obs.status, result=answer, original=answer)
+
+    def _quantity(self, obs: Observation, analyte: str, when: datetime) -> LabResult | Unreadable:
+        q = obs.valueQuantity
+        if q is None or q.value is None:
+            return Unreadable(analyte, when, "has no numeric value")
+        if q.comparator:
+            return Unreadable(analyte, when, f"is reported as a bound ({q.comparator}), not a value")
+        family = self._analytes[analyte]["units"]
+        unit = q.code if q.code and q.system == "http://unitsofmeasure.org" else (q.unit or q.code)
+        try:
+            value = self._units.to_canonical(family, float(q.value), unit)
+        except UnknownUnit:
+            return Unreadable(analyte, when, f"is in a unit the service does not know ({unit or 'none'})")
+        low, high = self._range(obs, family)
+        return LabResult(
+            analyte, when, obs.status, value=value, unit=self._units.canonical(family),
+            low=low, high=high, range_source="the result's reference range" if (low, high) != (None, None) else "",
+            original=f"{_number(float(q.value))} {unit}",
+        )
+
+    def _range(self, obs: Observation, family: str) -> tuple[float | None, float | None]:
+        """Limits from the result's own reference range, converted like the value; else (None, None)."""
+        for rr in obs.referenceRange or ():
+            if rr.appliesTo or rr.age:
+                continue
+            try:
+                low = self._limit(rr.low, family)
+                high = self._limit(rr.high, family)
+            except UnknownUnit:
+                return None, None
+            return low, high
+        return None, None
+
+    def _limit(self, quantity: Any, family: str) -> float | None:
+        if quantity is None or quantity.value is None:
+            return None
+        unit = quantity.code if quantity.code and quantity.system == "http://unitsofmeasure.org" else (quantity.unit or quantity.code)
+        return self._units.to_canonical(family, float(quantity.value), unit)
+
+    def _answer(self, obs: Observation, kind: str) -> str | None:
+        if obs.valueCodeableConcept:
+            for coding in obs.valueCodeableConcept.coding or ():
+                if coding.code in self._answers["code"]:
+                    return self._answers["code"][coding.code]
+            found = self._word(obs.valueCodeableConcept.text)
+            if found:
+                return found
+        if obs.valueString:
+            found = self._word(obs.valueString)
+            if found:
+                return found
+        if kind == "detection" and obs.valueQuantity and obs.valueQuantity.value is not None:
+            if obs.valueQuantity.comparator in ("<", "<="):
+                return "negative"
+            return "positive" if obs.valueQuantity.value > 0 else "negative"
+        for concept in obs.interpretation or ():
+            for coding in concept.coding or ():
+                if coding.code in self._answers["interpretation"]:
+                    return self._answers["interpretation"][coding.code]
+        return None
+
+    def _word(self, text: str | None) -> str | None:
+        return self._answers["word"].get(" ".join(text.lower().split())) if text else None
+
+
+def _answer_table(qualitative: dict[str, Any]) -> dict[str, dict[str, str]]:
+    table: dict[str, dict[str, str]] = {"code": {}, "interpretation": {}, "word": {}}
+    for answer, forms in qualitative.items():
+        table["code"].update({c: answer for c in forms["snomed"]})
+        table["interpretation"].update({c: answer for c in forms["interpretation"]})
+        table["word"].update({w: answer for w in forms["words"]})
+    return table
+
+
+def _when(obs: Observation) -> datetime | None:
+    """When the sample was taken: effective[x], else the time the result was issued."""
+    candidates = [obs.effectiveDateTime, obs.effectiveInstant,
+                  obs.effectivePeriod.end if obs.effectivePeriod else None,
+                  obs.effectivePeriod.start if obs.effectivePeriod else None, obs.issued]
+    for value in candidates:
+        if value is not None:
+            return as_datetime(value)
+    return None
+
+
+def as_datetime(value: Any) -> datetime:
+    """FHIR date, dateTime or instant as an aware datetime (partial dates read as their first day)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
+    text = str(value)
+    parts = text.split("-")
+    if len(parts) == 1:
+        return datetime(int(text), 1, 1, tzinfo=timezone.utc)
+    if len(parts) == 2:
+        return datetime(int(parts[0]), int(parts[1]), 1, tzinfo=timezone.utc)
+    return as_datetime(datetime.fromisoformat(text.replace("Z", "+00:00")))
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}"

@@ -1,0 +1,153 @@
+"""Prefetch: the FHIR queries the service declares, and the patient data a hook request brings.
+
+A key's value in `request.prefetch` can be absent (the client chose not to, or could not), null or an
+empty Bundle (the query found nothing), an OperationOutcome (the client's query failed), or the data.
+Absent and failed keys are fetched from `fhirServer` by a Fetcher when one is configured; whatever still
+cannot be had becomes a named gap, so the rules that needed it say so instead of passing silently.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Protocol
+from urllib.parse import quote
+
+from .hooks import HookRequest
+
+TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "PractitionerRole",
+               "userPatientId": "Patient", "userRelatedPersonId": "RelatedPerson"}
+
+
+def templates(valuesets: dict[str, Any]) -> dict[str, str]:
+    """Prefetch templates built from the value sets, so the queries ask for exactly what rules use."""
+    systems = valuesets["systems"]
+    loinc = ",".join(f"{systems['loinc']}|{c}" for a in valuesets["analytes"].values() for c in a["loinc"])
+    conditions = ",".join(
+        f"{systems[s]}|{c}" for group in valuesets["conditions"].values() for s in ("snomed", "icd10cm")
+        for c in group.get(s, ()))
+    drugs = ",".join(f"{systems['rxnorm']}|{c}" for p in valuesets["products"].values() for c in p["rxnorm"])
+    return {
+        "patient": "Patient/{{context.patientId}}",
+        "labs": f"Observation?patient={{{{context.patientId}}}}&code={loinc}&_sort=-date&_count=200",
+        "conditions": f"Condition?patient={{{{context.patientId}}}}&code={conditions}",
+        "administrations": ("MedicationAdministration?patient={{context.patientId}}"
+                            f"&code={drugs}&_sort=-effective-time&_count=50"),
+    }
+
+
+class FetchFailed(Exception):
+    """A query to fhirServer gave no usable answer; the message says why, for a clinician."""
+
+
+class AccessRefused(Exception):
+    """fhirServer refused the service's credentials (401/403): the request cannot be served (412)."""
+
+
+class Fetcher(Protocol):
+    """Runs queries against the EHR's FHIR server (see fhir_client.py)."""
+
+    def fetch(self, request: HookRequest, queries: Mapping[str, str]) -> dict[str, dict[str, Any] | FetchFailed]:
+        ...
+
+
+@dataclass
+class PatientRecord:
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    gaps: dict[str, str] = field(default_factory=dict)  # prefetch key -> why its data is missing
+    had_data: bool = False  # at least one key arrived or was fetched (even if empty)
+
+
+class NoPatientData(Exception):
+    """Nothing was prefetched and nothing could be fetched: CDS Hooks says 412."""
+
+
+def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher | None) -> PatientRecord:
+    record = PatientRecord()
+    wanted: dict[str, str] = {}
+    for key, template in declared.items():
+        value = request.prefetch.get(key, _ABSENT) if request.prefetch is not None else _ABSENT
+        problem = _problem(value)
+        if problem is None:
+            record.had_data = True
+            record.resources += resources_in(value)
+        else:
+            query = render(template, request)
+            if query is None:
+                record.gaps[key] = "could not be asked for (the request lacks a value the query needs)"
+            else:
+                wanted[key] = query
+                record.gaps[key] = problem
+    if wanted:
+        _fetch(request, wanted, fetcher, record)
+    if not record.had_data:
+        raise NoPatientData("no prefetch data and no FHIR server access to fetch it")
+    return record
+
+
+def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None, record: PatientRecord) -> None:
+    if fetcher is None or not request.fhirServer:
+        for key in wanted:
+            record.gaps[key] += " and the service has no FHIR server to fetch it from"
+        return
+    for key, outcome in fetcher.fetch(request, wanted).items():
+        if isinstance(outcome, FetchFailed):
+            record.gaps[key] = str(outcome)
+            continue
+        problem = _problem(outcome)
+        if problem:
+            record.gaps[key] = f"the FHIR server answered with an error ({problem})"
+            continue
+        del record.gaps[key]
+        record.had_data = True
+        record.resources += resources_in(outcome)
+
+
+_ABSENT = object()
+
+
+def _problem(value: Any) -> str | None:
+    """Why a prefetch value cannot be used as the query's answer; None when it can (even if empty)."""
+    if value is _ABSENT:
+        return "was not prefetched"
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "was prefetched in a form that is not a FHIR resource"
+    kind = value.get("resourceType")
+    if kind == "OperationOutcome":
+        return "could not be prefetched (the EHR reported an error)"
+    if kind is None and "resource" in value:  # pre-1.0 {response, resource} wrapper
+        return _problem(value["resource"])
+    if not isinstance(kind, str):
+        return "was prefetched in a form that is not a FHIR resource"
+    return None
+
+
+def resources_in(value: Any) -> list[dict[str, Any]]:
+    """The resources a prefetch value holds: a Bundle's entries, or the resource itself."""
+    if not isinstance(value, dict):
+        return []
+    if "resourceType" not in value and isinstance(value.get("resource"), dict):
+        value = value["resource"]
+    if value.get("resourceType") != "Bundle":
+        return [value]
+    found = []
+    for entry in value.get("entry") or ():
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
+            found.append(resource)
+    return found
+
+
+def render(template: str, request: HookRequest) -> str | None:
+    """Fill a template's tokens from the request; None if a token has no value."""
+    values = {f"context.{k}": v for k, v in request.context.items() if isinstance(v, str)}
+    user_type, _, user_id = str(request.context.get("userId", "")).partition("/")
+    for token, resource_type in USER_TOKENS.items():
+        if user_type == resource_type and user_id:
+            values[token] = user_id
+    missing = [t for t in TOKEN.findall(template) if t not in values]
+    if missing:
+        return None
+    return TOKEN.sub(lambda m: quote(values[m.group(1)], safe=""), template)

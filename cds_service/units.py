@@ -1,0 +1,37 @@
+"""Unit conversion per analyte family, from the explicit tables in rules/units.yaml.
+
+There is deliberately no general UCUM algebra here: a lab value is compared only when its unit is one
+the clinical team listed for that analyte, so "10*3/uL" and "/uL" are both understood for neutrophils
+but "%" never is.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class UnknownUnit(ValueError):
+    """The unit is not one this analyte's table knows; the value must not be compared."""
+
+
+def normalise(unit: str) -> str:
+    """The lookup key for a unit string: trimmed, lower-case, micro sign read as "u"."""
+    return "".join(unit.split()).replace("µ", "u").replace("μ", "u").lower()
+
+
+class Units:
+    def __init__(self, table: dict[str, Any]) -> None:
+        self._families = {
+            name: (family["canonical"], {normalise(u): float(f) for u, f in family["factors"].items()})
+            for name, family in table.items()
+        }
+
+    def canonical(self, family: str) -> str:
+        return self._families[family][0]
+
+    def to_canonical(self, family: str, value: float, unit: str | None) -> float:
+        """`value` in `unit`, expressed in the family's canonical unit; UnknownUnit if not listed."""
+        _, factors = self._families[family]
+        factor = factors.get(normalise(unit)) if unit else None
+        if factor is None:
+            raise UnknownUnit(unit or "(no unit)")
+        return value * factor
