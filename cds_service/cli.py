@@ -1,0 +1,92 @@
+"""`cds-service serve | evaluate`: the production server, and one request through the same code path."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from . import jsonbody, logs, rulebook
+from .config import Settings
+from .hooks import InvalidRequest
+from .service import CdsService, PreconditionFailed, UnknownService, utc_now
+
+log = logging.getLogger("cds_service")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cds-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve CDS Hooks over HTTP (gunicorn)")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("CDS_THREADS", "4")))
+    evaluate = commands.add_parser("evaluate", help="print the response the HTTP service would give")
+    evaluate.add_argument("request", type=Path, help="a CDS Hooks request body (JSON file)")
+    evaluate.add_argument("--service", help="service id (default: the one for the request's hook)")
+    evaluate.add_argument("--now", help="evaluate as of this time (ISO 8601), e.g. 2026-11-21T12:00:00Z")
+    args = parser.parse_args(argv)
+    logs.setup(os.environ.get("CDS_LOG_LEVEL", "WARNING" if args.command == "evaluate" else "INFO"))
+    if args.command == "serve":
+        return _serve(args)
+    return _evaluate(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import run
+
+    settings = Settings.from_env()
+    if settings.dev:
+        log.warning("DEVELOPMENT MODE (CDS_DEV=1): not for patient data; relaxed defaults in force")
+    if settings.frozen_now:
+        log.warning("CLOCK FROZEN by CDS_NOW: every 'recent' check uses a fixed time")
+    run(args.host, args.port, args.workers, args.threads)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    now = _parse_time(args.now) if args.now else settings.frozen_now
+    service = CdsService(rulebook.load(), clock=(lambda: now) if now else utc_now)
+    try:
+        body = jsonbody.loads(args.request.read_bytes(), settings.max_json_depth)
+        service_id = args.service or _service_for(service, body)
+        result = service.call(service_id, body)
+    except OSError as e:
+        return _fail(2, f"cannot read {args.request}: {e.strerror}")
+    except (jsonbody.BadJson, InvalidRequest) as e:
+        return _fail(400, str(e))
+    except UnknownService as e:
+        return _fail(404, f"no CDS service for {e}")
+    except PreconditionFailed as e:
+        return _fail(412, str(e))
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    print()
+    return 0
+
+
+def _service_for(service: CdsService, body: object) -> str:
+    hook = body.get("hook") if isinstance(body, dict) else None
+    for definition in service.services.values():
+        if definition.hook == hook:
+            return definition.id
+    raise UnknownService(f"hook {hook!r}")
+
+
+def _fail(status: int, message: str) -> int:
+    """Print the error body the HTTP service would send; the exit code says which kind it was."""
+    json.dump({"error": message, "status": status}, sys.stdout, indent=2)
+    print()
+    return {400: 2, 404: 3, 412: 4}.get(status, 1)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
