@@ -71,6 +71,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _service_for(service: CdsService, body: object) -> str:
     hook = body.get("hook") if isinstance(body, dict) else None
+    if not isinstance(hook, str):
+        raise InvalidRequest("the request has no 'hook'")
     for definition in service.services.values():
         if definition.hook == hook:
             return definition.id

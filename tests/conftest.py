@@ -1,0 +1,42 @@
+"""Shared test fixtures. Feature-specific fixtures live in their own modules, listed in pytest_plugins."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service import rulebook
+from cds_service.app import create_app
+from cds_service.config import Settings
+from cds_service.service import CdsService
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+EXAMPLES = ROOT / "fhir_examples"
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)  # the clock every example is written against
+
+pytest_plugins: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def book() -> rulebook.Rulebook:
+    return rulebook.load()
+
+
+@pytest.fixture(scope="session")
+def service(book: rulebook.Rulebook) -> CdsService:
+    """The whole pipeline, in process, with the clock frozen at NOW."""
+    return CdsService(book, clock=lambda: NOW)
+
+
+@pytest.fixture(scope="session")
+def client(service: CdsService):
+    """A Flask test client over the same service."""
+    return create_app(service, Settings()).test_client()
+
+
+def load_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
