@@ -58,7 +58,7 @@ def load(rules_dir: Path | None = None, site_config: Path | None = None) -> Rule
     """Load rules/ (and a site's overrides) into a Rulebook; raise RulebookError on bad data."""
     rules_dir = Path(rules_dir or os.environ.get("CDS_RULES_DIR") or DEFAULT_RULES_DIR)
     thresholds = _read(rules_dir / "thresholds.yaml")
-    site = site_config or os.environ.get("CDS_SITE_CONFIG")
+    site = site_config or os.environ.get("CDS_RULES_OVERRIDES")
     if site:
         thresholds = _merge(thresholds, _read(Path(site)))
     data = _read(rules_dir / "rules.yaml")
