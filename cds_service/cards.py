@@ -46,12 +46,13 @@ def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance
     summary = summaries[0]
     if len(summaries) > 1 and rule.summary_many:
         summary = _fill(rule.summary_many, {"order": order}, thresholds, count=len(summaries))
+    source = _source(rule, order, rulebook)
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{rule.id}")),
         "summary": _clip(summary),
         "indicator": variants[chosen[0].variant].indicator,
-        "detail": _detail(rule, summaries, chosen, thresholds),
-        "source": {"label": rule.source["label"], "url": rule.source["url"],
+        "detail": _detail(rule, summaries, chosen, thresholds, source),
+        "source": {"label": source["label"], "url": source["url"],
                    "topic": {"system": TOPIC_SYSTEM, "code": rule.id, "display": rule.id}},
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
     }
@@ -61,7 +62,16 @@ def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance
     return card
 
 
-def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: SimpleNamespace) -> str:
+def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, str]:
+    """The rule's source, or the ordered product's own label for rules that depend on the product."""
+    key = order.get("label_source") if rule.source == "product" else rule.source
+    source = rulebook.sources[key]
+    label = f"{source['label']}, {rule.section}" if rule.section else source["label"]
+    return {"label": label, "url": source["url"], "seed": source["seed"]}
+
+
+def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: SimpleNamespace,
+            source: dict[str, str]) -> str:
     order = findings[0].bindings["order"]
     parts = []
     if len(summaries) > 1:
@@ -81,10 +91,12 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
         parts.append("\n".join(problems))
     dose = (f"Order: {order['name']}, {order['phase_text']}"
             + (f"; last dose {order['last_dose']}" if order.get("last_dose") else "") + ".")
+    if order.get("about") == "chart":
+        dose = f"Therapy on record: {order['name']}; last dose {order['last_dose']}."
     if order.get("matched_by") == "text":
         dose += f" Recognised by its name (\"{order['matched_text']}\"), not by a code."
     parts.append(dose)
-    parts.append(f"Source: {rule.source['label']}.")
+    parts.append(f"Source: {source['label']} (evidence summary: {source['seed']}).")
     return "\n\n".join(p for p in parts if p)
 
 

@@ -8,11 +8,13 @@ What durable-rules 2.0.28 does not tolerate, and how this module copes:
   sessions that asserted facts no rule fully matched: so there is one session, reused, and each
   evaluation retracts every fact it asserted; if the session is ever found not empty afterwards, the
   engine is rebuilt rather than trusted;
-- a fact that matches nothing raises MessageNotHandledException: caught, it is not an error here.
+- a fact that matches nothing raises MessageNotHandledException, and a fact asserted twice raises
+  MessageObservedException: facts are de-duplicated first, and neither is an error here.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -83,7 +85,7 @@ class Engine:
         self._host.set_rulesets({self._name: {n: dict(r) for n, r in self._rulebook.ruleset.items()}})
 
     def _run(self, record: list[dict[str, Any]], order: dict[str, Any]) -> list[Finding]:
-        facts = [{**fact, "sid": SID} for fact in record] + [{**order, "sid": SID}]
+        facts = _distinct([{**fact, "sid": SID} for fact in record]) + [{**order, "sid": SID}]
         self._host.findings = []
         try:
             for batch in (facts[:-1], facts[-1:]):
@@ -101,8 +103,20 @@ class Engine:
     def _call(self, method: Any, facts: Any) -> None:
         try:
             method(self._name, facts)
-        except durable.MessageNotHandledException:
+        except (durable.MessageNotHandledException, durable.MessageObservedException):
             pass
+
+
+def _distinct(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """durable-rules keeps one copy of identical facts; assert each once so retraction stays exact."""
+    seen: set[str] = set()
+    unique = []
+    for fact in facts:
+        key = json.dumps(fact, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            unique.append(fact)
+    return unique
 
 
 def _plain(fact: Any) -> dict[str, Any]:

@@ -1,44 +1,38 @@
-"""The patient's record and the ordered products, as plain facts for the rules engine.
+"""The patient's record as plain facts for the rules engine.
 
 Pure: resources in, dicts out. Every number is already in its analyte's canonical unit, every limit says
 where it came from, and every check that cannot run becomes an `unavailable` fact rather than silence.
+The facts about what is being ordered (the rules' anchor) are built in anchors.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
+from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from .labs import LabReader, LabResult, Unreadable, as_datetime
-from .orders import Match, ProductCatalogue, medication_of, route_text
+from .orders import Catalogue, as_list, medication_of
 from .rulebook import Rulebook
 from .units import Units
 
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
-DOSE_RESOURCES = {"MedicationAdministration": {"completed"},
-                  "MedicationStatement": {"active", "completed"},
-                  "MedicationRequest": {"completed"}}
+ACTIVE_MEDICATION = {"MedicationRequest": {"active", "draft"}, "MedicationStatement": {"active", "intended"}}
 DEFAULT_LIMITS = {"alt": "high", "ast": "high", "alp": "high", "bilirubin": "high", "igg": "low"}
-
-
-@dataclass(frozen=True)
-class OrderedDrug:
-    """An anti-CD20 order found in the request's draft orders."""
-
-    reference: str  # "MedicationRequest/123"
-    match: Match
-    resource: dict[str, Any]
+GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose history",
+                "medications": "the medication list", "allergies": "the allergy list",
+                "immunizations": "the immunization history"}
 
 
 class FactBuilder:
     def __init__(self, rulebook: Rulebook) -> None:
         self._rulebook = rulebook
-        self.catalogue = ProductCatalogue(rulebook.valuesets)
+        self.catalogue = Catalogue(rulebook.products, rulebook.valuesets)
         self._labs = LabReader(rulebook.valuesets, Units(rulebook.units))
         self._analytes = rulebook.valuesets["analytes"]
         systems = rulebook.valuesets["systems"]
@@ -48,56 +42,36 @@ class FactBuilder:
             for system in ("snomed", "icd10cm")
             for code in spec.get(system, ())
         }
-
-    def ordered_drug(self, resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> OrderedDrug | None:
-        match = self.catalogue.match(medication_of(resource, bundle), route_text(resource))
-        if match is None:
-            return None
-        return OrderedDrug(f"{resource.get('resourceType')}/{resource.get('id')}", match, resource)
+        anaphylaxis = rulebook.valuesets["anaphylaxis"]
+        self._anaphylaxis = (set(anaphylaxis["snomed"]), tuple(anaphylaxis["words"]))
 
     def record(self, resources: list[dict[str, Any]], gaps: dict[str, str], now: datetime) -> list[dict[str, Any]]:
-        """Facts about the patient: latest lab result per analyte, problems, and what is unavailable."""
-        sex = self._sex(resources)
-        facts = self._lab_facts(resources, sex, now)
-        facts += self._condition_facts(resources, now)
+        """Facts about the patient: latest result per analyte, problems, reactions, medicines, vaccines,
+        and what could not be read or retrieved."""
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for resource in resources:
+            by_type.setdefault(resource.get("resourceType", ""), []).append(resource)
+        facts = self._lab_facts(by_type.get("Observation", []), self.sex(by_type.get("Patient", [])), now)
+        facts += self._condition_facts(by_type.get("Condition", []), now)
+        facts += self._reaction_facts(by_type.get("AllergyIntolerance", []))
+        facts += self._medication_facts(resources)
+        facts += self._vaccine_facts(by_type.get("Immunization", []), now)
         for key, reason in gaps.items():
             facts += self._gap_facts(key, reason)
         return facts
 
-    def order_fact(self, drug: OrderedDrug, resources: list[dict[str, Any]], gaps: dict[str, str],
-                   bundle: dict[str, dict[str, Any]], now: datetime, draft_refs: set[str]) -> dict[str, Any]:
-        doses = sorted(self._past_doses(drug, resources, bundle, draft_refs), reverse=True)
-        product = drug.match.product
-        fact: dict[str, Any] = {
-            "kind": "order", "product": product.key, "ingredient": product.ingredient,
-            "name": product.name, "short": product.short, "reference": drug.reference,
-            "matched_by": drug.match.by, "matched_text": drug.match.text,
-            "prior_doses": len(doses),
-        }
-        if doses:
-            fact.update(phase="maintenance", phase_text="a maintenance dose",
-                        last_dose=doses[0].date().isoformat(), days_since_last_dose=(now - doses[0]).days)
-        else:
-            history = "administrations" not in gaps
-            fact.update(phase="first", phase_text="a first dose" if history else
-                        "a first dose (dose history unavailable, so treated as a first dose)")
-        return fact
-
-    def _sex(self, resources: list[dict[str, Any]]) -> str:
-        for resource in resources:
-            if resource.get("resourceType") == "Patient":
-                try:
-                    gender = Patient.model_validate(resource).gender
-                except ValidationError:
-                    return "unknown"
-                return gender if gender in ("male", "female") else "unknown"
+    def sex(self, patients: list[dict[str, Any]]) -> str:
+        for resource in patients:
+            try:
+                gender = Patient.model_validate(resource).gender
+            except ValidationError:
+                return "unknown"
+            return gender if gender in ("male", "female") else "unknown"
         return "unknown"
 
-    def _lab_facts(self, resources: list[dict[str, Any]], sex: str, now: datetime) -> list[dict[str, Any]]:
+    def _lab_facts(self, observations: list[dict[str, Any]], sex: str, now: datetime) -> list[dict[str, Any]]:
         readings: dict[str, list[LabResult | Unreadable]] = {}
-        for resource in resources:
-            if resource.get("resourceType") != "Observation":
-                continue
+        for resource in observations:
             analyte = self._labs.analyte_of(resource)
             reading = self._labs.read(resource, analyte) if analyte else None
             if reading is not None:
@@ -108,7 +82,7 @@ class FactBuilder:
             latest = usable[0] if usable else None
             for bad in found:
                 if isinstance(bad, Unreadable) and (latest is None or bad.when is None or bad.when > latest.when):
-                    facts.append(self._unreadable_fact(bad, now))
+                    facts.append(self._unreadable_fact(bad))
             if latest:
                 facts.append(self._lab_fact(latest, sex, now))
         return facts
@@ -116,13 +90,10 @@ class FactBuilder:
     def _lab_fact(self, lab: LabResult, sex: str, now: datetime) -> dict[str, Any]:
         fact: dict[str, Any] = {
             "kind": "lab", "analyte": lab.analyte, "label": self._analytes[lab.analyte]["label"],
-            "date": lab.when.date().isoformat(), "age_days": max(0, (now - lab.when).days),
-            "day": lab.when.toordinal(), "status": lab.status,
+            **_age(lab.when, now), "status": lab.status,
         }
         if lab.result is not None:
-            fact["result"] = lab.result
-            fact["value_text"] = lab.result
-            return fact
+            return {**fact, "result": lab.result, "value_text": lab.result}
         low, high, source = lab.low, lab.high, lab.range_source
         default = DEFAULT_LIMITS.get(lab.analyte)
         if default == "high" and high is None:
@@ -139,64 +110,126 @@ class FactBuilder:
             fact.update(lln=low, lln_text=f"{_num(low)} {lab.unit}", below_lln=lab.value < low)
         return fact
 
-    def _unreadable_fact(self, bad: Unreadable, now: datetime) -> dict[str, Any]:
+    def _unreadable_fact(self, bad: Unreadable) -> dict[str, Any]:
         label = self._analytes[bad.analyte]["label"]
         when = f" from {bad.when.date().isoformat()}" if bad.when else ""
         return {"kind": "unavailable", "analyte": bad.analyte, "what": f"the latest {label} result{when}",
                 "reason": bad.reason}
 
     def _gap_facts(self, key: str, reason: str) -> list[dict[str, Any]]:
-        """A prefetch key that could not be had: one fact per analyte it would have covered."""
+        """A prefetch key that could not be had: one fact per check it would have fed."""
         if key == "patient":
             return []  # only sex is read, to pick a default limit; the card says when it was unknown
         if key == "labs":
             return [{"kind": "unavailable", "analyte": analyte, "what": "lab results", "reason": reason}
                     for analyte in self._analytes]
-        what = {"conditions": "the problem list", "administrations": "the dose history"}.get(key, key)
-        return [{"kind": "unavailable", "analyte": f"prefetch:{key}", "what": what, "reason": reason}]
+        return [{"kind": "unavailable", "analyte": f"prefetch:{key}", "what": GAP_SUBJECTS.get(key, key),
+                 "reason": reason}]
 
-    def _condition_facts(self, resources: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    def _condition_facts(self, conditions: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
         facts = []
-        for resource in resources:
-            if resource.get("resourceType") != "Condition":
-                continue
+        for resource in conditions:
             group = self._condition_group(resource)
             if group is None:
                 continue
             try:
                 condition = Condition.model_validate(resource)
-            except ValidationError:
+            except (ValidationError, RecursionError):
+                label = self._rulebook.valuesets["conditions"][group]["label"]
                 facts.append({"kind": "unavailable", "analyte": f"condition:{group}",
-                              "what": f"a {group.replace('_', ' ')} problem-list entry", "reason": "is not valid FHIR"})
+                              "what": f"a {label} problem-list entry", "reason": "is not valid FHIR"})
                 continue
             if _is_active(condition):
+                since = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None) \
+                    or condition.recordedDate
                 facts.append({"kind": "condition", "group": group,
-                              "display": (condition.code.text or _first_display(condition.code) or group)})
+                              "display": condition.code.text or _first_display(condition.code) or group,
+                              **(_age(as_datetime(since), now) if since else {"age_days": 0, "date": "unknown"})})
         return facts
 
     def _condition_group(self, resource: dict[str, Any]) -> str | None:
         code = resource.get("code")
-        for coding in (code.get("coding") or ()) if isinstance(code, dict) else ():
+        for coding in as_list(code.get("coding")) if isinstance(code, dict) else ():
             if isinstance(coding, dict):
                 group = self._condition_codes.get((coding.get("system"), coding.get("code")))
                 if group:
                     return group
         return None
 
-    def _past_doses(self, drug: OrderedDrug, resources: Iterable[dict[str, Any]],
-                    bundle: dict[str, dict[str, Any]], draft_refs: set[str]) -> list[datetime]:
-        doses = []
+    def _reaction_facts(self, allergies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Severe reactions to an anti-CD20 substance (high criticality, severe, or anaphylaxis)."""
+        facts = []
+        for resource in allergies:
+            substance = self.catalogue.substance(resource.get("code")) or next(
+                (m for r in as_list(resource.get("reaction")) if isinstance(r, dict)
+                 for m in [self.catalogue.substance(r.get("substance"))] if m), None)
+            if substance is None:
+                continue
+            try:
+                allergy = AllergyIntolerance.model_validate(resource)
+            except (ValidationError, RecursionError):
+                facts.append({"kind": "unavailable", "analyte": "reaction", "reason": "is not valid FHIR",
+                              "what": f"an allergy-list entry for {substance.what}"})
+                continue
+            if _first_code(allergy.clinicalStatus) in ("inactive", "resolved") or \
+                    _first_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
+                continue
+            if self._severe(allergy):
+                facts.append({"kind": "reaction", "substance": substance.what, "severe": True,
+                              "display": allergy.code.text if allergy.code and allergy.code.text else substance.text})
+        return facts
+
+    def _severe(self, allergy: AllergyIntolerance) -> bool:
+        codes, words = self._anaphylaxis
+        if allergy.criticality == "high":
+            return True
+        for reaction in allergy.reaction or ():
+            if reaction.severity == "severe":
+                return True
+            for manifestation in reaction.manifestation or ():
+                if any(c.code in codes for c in manifestation.coding or ()):
+                    return True
+                texts = [manifestation.text or ""] + [c.display or "" for c in manifestation.coding or ()]
+                if any(w in t.lower() for t in texts for w in words):
+                    return True
+        return False
+
+    def _medication_facts(self, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Active (or just-drafted) medicines by group: anti-infectives, HBV prophylaxis, and so on."""
+        facts = []
+        bundle = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
         for resource in resources:
-            kind = resource.get("resourceType")
-            if kind not in DOSE_RESOURCES or resource.get("status") not in DOSE_RESOURCES[kind]:
+            statuses = ACTIVE_MEDICATION.get(resource.get("resourceType", ""))
+            if not statuses or resource.get("status") not in statuses:
                 continue
-            if f"{kind}/{resource.get('id')}" in draft_refs:
+            concept = medication_of(resource, bundle)
+            for group in self.catalogue.groups(concept):
+                facts.append({"kind": "medication", "group": group, "display": _concept_text(concept)})
+        return facts
+
+    def _vaccine_facts(self, immunizations: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+        facts = []
+        for resource in immunizations:
+            if resource.get("status") != "completed":
                 continue
-            match = self.catalogue.match(medication_of(resource, bundle), route_text(resource))
-            when = _dose_time(resource)
-            if match and match.product.ingredient == drug.match.product.ingredient and when:
-                doses.append(when)
-        return doses
+            kind = self.catalogue.vaccine(resource.get("vaccineCode"))
+            if kind is None:
+                continue
+            try:
+                given = Immunization.model_validate(resource).occurrenceDateTime
+            except (ValidationError, RecursionError):
+                facts.append({"kind": "unavailable", "analyte": "vaccine", "what": f"a {kind[1]} record",
+                              "reason": "is not valid FHIR"})
+                continue
+            if given is not None:
+                facts.append({"kind": "vaccine", "live": kind[0], "display": kind[1], **_age(as_datetime(given), now)})
+        return facts
+
+
+def _age(when: datetime, now: datetime) -> dict[str, Any]:
+    seconds = max(0.0, (now - when).total_seconds())
+    return {"date": when.date().isoformat(), "day": when.toordinal(), "age_days": int(seconds // 86400),
+            "age_hours": int(seconds // 3600)}
 
 
 def _is_active(condition: Condition) -> bool:
@@ -219,21 +252,13 @@ def _first_display(concept: Any) -> str | None:
     return None
 
 
-def _dose_time(resource: dict[str, Any]) -> datetime | None:
-    for key in ("effectiveDateTime", "occurrenceDateTime", "authoredOn", "dateAsserted"):
-        value = resource.get(key)
-        if isinstance(value, str):
-            try:
-                return as_datetime(value)
-            except ValueError:
-                return None
-    period = resource.get("effectivePeriod")
-    if isinstance(period, dict) and isinstance(period.get("start"), str):
-        try:
-            return as_datetime(period["start"])
-        except ValueError:
-            return None
-    return None
+def _concept_text(concept: dict[str, Any] | None) -> str:
+    if not isinstance(concept, dict):
+        return "a medicine"
+    if isinstance(concept.get("text"), str):
+        return concept["text"]
+    return next((c["display"] for c in as_list(concept.get("coding"))
+                 if isinstance(c, dict) and isinstance(c.get("display"), str)), "a medicine")
 
 
 def _default_source(sex: str) -> str:

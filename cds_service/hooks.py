@@ -9,6 +9,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 REQUIRED_CONTEXT = {
     "order-select": ("userId", "patientId", "selections", "draftOrders"),
     "order-sign": ("userId", "patientId", "draftOrders"),
+    "patient-view": ("userId", "patientId"),
+}
+PREFETCH_KEYS = {
+    "order-select": ("patient", "labs", "conditions", "administrations", "medications", "allergies", "immunizations"),
+    "order-sign": ("patient", "labs", "conditions", "administrations", "medications", "allergies", "immunizations"),
+    "patient-view": ("patient", "labs", "administrations", "medications"),
 }
 
 
@@ -66,18 +72,25 @@ class ServiceDefinition:
                 "usageRequirements": "FHIR R4. Prefetch, or fhirServer with fhirAuthorization."}
 
 
-def services(prefetch: dict[str, str]) -> dict[str, ServiceDefinition]:
-    what = ("HBV screening and serology, immunoglobulins (IgG), liver injury (ALT/AST with bilirubin) "
-            "and neutrophil counts")
+def services(templates: dict[str, str]) -> dict[str, ServiceDefinition]:
+    checks = ("HBV screening and serology, immunoglobulins, liver injury, neutrophils, infusion-reaction "
+              "history, active infection, vaccines, PML, pregnancy, premedication, dose and dose interval")
     definitions = [
         ServiceDefinition("cd20-order-select", "order-select", "Anti-CD20 therapy safety checks (order select)",
                           f"Checks a newly selected anti-CD20 order (ocrelizumab, ofatumumab, ublituximab, "
-                          f"rituximab) against the patient's record: {what}.", prefetch),
+                          f"rituximab) against the patient's record: {checks}.", _subset(templates, "order-select")),
         ServiceDefinition("cd20-order-sign", "order-sign", "Anti-CD20 therapy safety checks (order sign)",
-                          f"Checks every anti-CD20 order about to be signed against the patient's record: "
-                          f"{what}.", prefetch),
+                          f"Checks every anti-CD20 order about to be signed, and live vaccines ordered for a "
+                          f"patient on anti-CD20 therapy: {checks}.", _subset(templates, "order-sign")),
+        ServiceDefinition("cd20-patient-view", "patient-view", "Anti-CD20 therapy monitoring reminders",
+                          "For a patient on anti-CD20 therapy: monitoring that is due or overdue (IgG, HBV DNA "
+                          "for anti-HBc positive patients) and the next dose.", _subset(templates, "patient-view")),
     ]
     return {d.id: d for d in definitions}
+
+
+def _subset(templates: dict[str, str], hook: str) -> dict[str, str]:
+    return {key: templates[key] for key in PREFETCH_KEYS[hook]}
 
 
 def parse(body: Any, service: ServiceDefinition) -> HookRequest:
@@ -101,7 +114,7 @@ def _check_context(context: dict[str, Any], hook: str) -> None:
     for name in ("userId", "patientId"):
         if not isinstance(context[name], str) or not context[name]:
             raise InvalidRequest(f"context.{name} must be a non-empty string")
-    if not isinstance(context["draftOrders"], dict):
+    if hook != "patient-view" and not isinstance(context["draftOrders"], dict):
         raise InvalidRequest("context.draftOrders must be a FHIR Bundle (a JSON object)")
     if hook == "order-select":
         selections = context["selections"]

@@ -1,4 +1,4 @@
-"""Which anti-CD20 product an order (or a past administration) is about.
+"""What a medication resource is about: an anti-CD20 product, a drug group, or a vaccine.
 
 Orders from real clients are often not valid FHIR (the CDS Hooks sandbox sends a MedicationRequest with no
 `intent` and a `category` object), so this reads the few fields it needs straight from the JSON instead
@@ -12,71 +12,125 @@ from typing import Any, Iterable
 
 SUBCUTANEOUS = re.compile(r"\b(subcutaneous|subcut|s\.?c\.?|sq|subq)\b", re.I)
 SNOMED_SUBCUTANEOUS = "34206005"
+MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
 
 
 @dataclass(frozen=True)
 class Product:
     key: str
-    name: str
-    short: str
-    ingredient: str
-    codes: frozenset[tuple[str, str]]  # (system, code)
-    names: re.Pattern[str]
+    data: dict[str, Any]  # the product's entry in rules/products.yaml
+
+    @property
+    def ingredient(self) -> str:
+        return self.data["ingredient"]
 
 
 @dataclass(frozen=True)
 class Match:
-    product: Product
+    what: str  # product key, drug group, substance or "vaccine"
     by: str  # "code" or "text"
     text: str  # what matched, for the card
 
 
-class ProductCatalogue:
-    def __init__(self, valuesets: dict[str, Any]) -> None:
-        systems = valuesets["systems"]
-        self.products = [
-            Product(
-                key=key,
-                name=p["name"],
-                short=p["short"],
-                ingredient=p["ingredient"],
-                codes=frozenset(
-                    [(systems["rxnorm"], c) for c in p.get("rxnorm", ())]
-                    + [(systems["ndc"], _ndc(c)) for c in p.get("ndc", ())]
-                ),
-                names=re.compile(r"\b(" + "|".join(re.escape(n) for n in p["names"]) + r")\b", re.I),
-            )
-            for key, p in valuesets["products"].items()
-        ]
-        self._ndc_system = systems["ndc"]
-        self._by_key = {p.key: p for p in self.products}
+class CodeSet:
+    """Codes (system, code) and whole-word names that identify one drug, group or substance."""
 
-    def match(self, medication: dict[str, Any] | None, route_text: str = "") -> Match | None:
-        """The product a medication CodeableConcept names, by code and then by name."""
-        if not isinstance(medication, dict):
+    def __init__(self, codes: Iterable[tuple[str, str]], names: Iterable[str]) -> None:
+        self.codes = frozenset((system, _plain_code(system, code)) for system, code in codes)
+        names = list(names)
+        self.names = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.I) if names else None
+
+    def match_code(self, codings: list[dict[str, Any]]) -> str | None:
+        for coding in codings:
+            system = coding.get("system")
+            if (system, _plain_code(system, str(coding.get("code", "")))) in self.codes:
+                return f"{coding.get('code')} ({coding.get('display') or system})"
+        return None
+
+    def match_text(self, texts: list[str]) -> str | None:
+        if self.names is None:
             return None
-        codings = [c for c in _list(medication.get("coding")) if isinstance(c, dict)]
-        found = self._by_code(codings) or self._by_text(_texts(medication, codings))
-        if found and found.product.key == "ocrelizumab-iv" and SUBCUTANEOUS.search(route_text):
-            return Match(self._by_key["ocrelizumab-sc"], found.by, found.text)
-        return found
+        return next((t for t in texts if self.names.search(t)), None)
 
-    def _by_code(self, codings: list[dict[str, Any]]) -> Match | None:
-        for product in self.products:
-            for coding in codings:
-                system, code = coding.get("system"), str(coding.get("code", ""))
-                if system == self._ndc_system:
-                    code = _ndc(code)
-                if (system, code) in product.codes:
-                    return Match(product, "code", f"{code} ({coding.get('display') or system})")
-        return None
 
-    def _by_text(self, texts: Iterable[str]) -> Match | None:
-        for product in self.products:
-            for text in texts:
-                if product.names.search(text):
-                    return Match(product, "text", text)
+class Catalogue:
+    """Matchers for products, drug groups and reaction substances, built from rules/ data."""
+
+    def __init__(self, products: dict[str, Any], valuesets: dict[str, Any]) -> None:
+        systems = valuesets["systems"]
+        self.systems = systems
+        self.products = {key: Product(key, p) for key, p in products.items()}
+        self._products = {key: CodeSet([(systems["rxnorm"], c) for c in p.get("rxnorm", ())]
+                                       + [(systems["ndc"], c) for c in p.get("ndc", ())], p["names"])
+                          for key, p in products.items()}
+        self._groups = {name: _code_set(g, systems) for name, g in valuesets["drug_groups"].items()}
+        self._group_labels = {name: g["label"] for name, g in valuesets["drug_groups"].items()}
+        self._substances = {name: _code_set(s, systems) for name, s in valuesets["substances"].items()}
+        vaccines = valuesets["vaccines"]
+        self._live = {c.lstrip("0") for c in vaccines["live"]}
+        self._live_names = CodeSet((), vaccines["live_names"])
+        self._ambiguous = {c.lstrip("0") for c in vaccines["ambiguous"]}
+        self._non_live = {c.lstrip("0") for c in vaccines["non_live_despite_name"]}
+
+    def product(self, concept: dict[str, Any] | None, route: str = "") -> tuple[Product, Match] | None:
+        """The anti-CD20 product a medication names, by code first, then by name."""
+        found = _first(self._products, concept)
+        if found is None:
+            return None
+        key = found.what
+        if key == "ocrelizumab-iv" and SUBCUTANEOUS.search(route):
+            key = "ocrelizumab-sc"
+        return self.products[key], found
+
+    def groups(self, concept: dict[str, Any] | None) -> list[str]:
+        """Every drug group (rules/valuesets.yaml drug_groups) this medication belongs to."""
+        return [name for name, code_set in self._groups.items() if _matches(code_set, concept)]
+
+    def group_label(self, group: str) -> str:
+        return self._group_labels[group]
+
+    def substance(self, concept: dict[str, Any] | None) -> Match | None:
+        return _first(self._substances, concept)
+
+    def vaccine(self, concept: dict[str, Any] | None) -> tuple[str, str] | None:
+        """(live | non-live | ambiguous, display) for a CVX-coded or live-vaccine-named concept."""
+        codings, texts = _codings_and_texts(concept)
+        for coding in codings:
+            if coding.get("system") == self.systems["cvx"]:
+                code = str(coding.get("code", "")).lstrip("0")
+                display = coding.get("display") or (texts[0] if texts else f"CVX {code}")
+                if code in self._ambiguous:
+                    return "ambiguous", display
+                if code in self._non_live:
+                    return "non-live", display
+                return ("live" if code in self._live else "non-live"), display
+        named = self._live_names.match_text(texts)
+        return ("live", named) if named else None
+
+
+def _first(code_sets: dict[str, CodeSet], concept: dict[str, Any] | None) -> Match | None:
+    codings, texts = _codings_and_texts(concept)
+    if not codings and not texts:
         return None
+    for name, code_set in code_sets.items():
+        matched = code_set.match_code(codings)
+        if matched:
+            return Match(name, "code", matched)
+    for name, code_set in code_sets.items():
+        matched = code_set.match_text(texts)
+        if matched:
+            return Match(name, "text", matched)
+    return None
+
+
+def _matches(code_set: CodeSet, concept: dict[str, Any] | None) -> bool:
+    codings, texts = _codings_and_texts(concept)
+    return bool(code_set.match_code(codings) or code_set.match_text(texts))
+
+
+def _code_set(spec: dict[str, Any], systems: dict[str, str]) -> CodeSet:
+    codes = [(systems[system], code) for system in ("rxnorm", "snomed", "cvx") for code in spec.get(system, ())]
+    return CodeSet(codes, spec.get("names", ()))
 
 
 def medication_of(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -94,7 +148,7 @@ def medication_of(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -
     ref = reference.get("reference")
     target = None
     if isinstance(ref, str) and ref.startswith("#"):
-        target = next((c for c in _list(resource.get("contained"))
+        target = next((c for c in as_list(resource.get("contained"))
                        if isinstance(c, dict) and c.get("id") == ref[1:]), None)
     elif isinstance(ref, str):
         target = bundle.get(ref)
@@ -107,27 +161,47 @@ def medication_of(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -
 def route_text(resource: dict[str, Any]) -> str:
     """Route words and codes from dosageInstruction (MedicationRequest) or dosage (Administration)."""
     parts: list[str] = []
-    dosages = _list(resource.get("dosageInstruction")) + _list(resource.get("dosage"))
-    for dosage in dosages:
+    for dosage in as_list(resource.get("dosageInstruction")) + as_list(resource.get("dosage")):
         route = dosage.get("route") if isinstance(dosage, dict) else None
         if isinstance(route, dict):
-            codings = [c for c in _list(route.get("coding")) if isinstance(c, dict)]
-            parts += _texts(route, codings)
+            codings, texts = _codings_and_texts(route)
+            parts += texts
             if any(c.get("code") == SNOMED_SUBCUTANEOUS for c in codings):
                 parts.append("subcutaneous")
     return " ".join(parts)
 
 
-def _texts(concept: dict[str, Any], codings: list[dict[str, Any]]) -> list[str]:
+def dose(resource: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The ordered dose as (mg, None), or (None, the unit as written) when it is not a mass, or (None, None).
+
+    Reads R4 `doseAndRate[].doseQuantity` and the STU3-style `doseQuantity` real clients still send.
+    """
+    for dosage in as_list(resource.get("dosageInstruction")):
+        if not isinstance(dosage, dict):
+            continue
+        candidates = [d.get("doseQuantity") for d in as_list(dosage.get("doseAndRate")) if isinstance(d, dict)]
+        candidates.append(dosage.get("doseQuantity"))
+        for quantity in candidates:
+            if isinstance(quantity, dict) and isinstance(quantity.get("value"), (int, float)):
+                unit = str(quantity.get("code") or quantity.get("unit") or "")
+                factor = MASS_TO_MG.get(unit.strip().lower())
+                return (quantity["value"] * factor, None) if factor else (None, unit or "(no unit)")
+    return None, None
+
+
+def _codings_and_texts(concept: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    if not isinstance(concept, dict):
+        return [], []
+    codings = [c for c in as_list(concept.get("coding")) if isinstance(c, dict)]
     texts = [concept.get("text")] + [c.get("display") for c in codings]
-    return [t for t in texts if isinstance(t, str) and t]
+    return codings, [t for t in texts if isinstance(t, str) and t]
 
 
-def _list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
     return [value] if isinstance(value, dict) else []
 
 
-def _ndc(code: str) -> str:
-    return code.replace("-", "")
+def _plain_code(system: str | None, code: str) -> str:
+    return code.replace("-", "") if system and system.endswith("/ndc") else code

@@ -19,33 +19,63 @@ USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "
                "userPatientId": "Patient", "userRelatedPersonId": "RelatedPerson"}
 
 
-def templates(valuesets: dict[str, Any]) -> dict[str, str]:
-    """Prefetch templates built from the value sets, so the queries ask for exactly what rules use."""
+def templates(valuesets: dict[str, Any], products: dict[str, Any]) -> dict[str, str]:
+    """Prefetch templates built from rules/ data, so the queries ask for what the rules use.
+
+    Labs, problems and past doses are searched by the codes the rules know (system|code, comma-separated);
+    medicines are searched by status instead, because real orders carry product-level codes (SCD, SBD,
+    NDC) that a search by ingredient code would miss.
+    """
     systems = valuesets["systems"]
-    loinc = ",".join(f"{systems['loinc']}|{c}" for a in valuesets["analytes"].values() for c in a["loinc"])
-    conditions = ",".join(
-        f"{systems[s]}|{c}" for group in valuesets["conditions"].values() for s in ("snomed", "icd10cm")
-        for c in group.get(s, ()))
-    drugs = ",".join(f"{systems['rxnorm']}|{c}" for p in valuesets["products"].values() for c in p["rxnorm"])
+    loinc = _codes(systems["loinc"], (c for a in valuesets["analytes"].values() for c in a["loinc"]))
+    conditions = _codes(None, (f"{systems[s]}|{c}" for group in valuesets["conditions"].values()
+                               for s in ("snomed", "icd10cm") for c in group.get(s, ())))
+    history = [c for p in products.values() for c in p["rxnorm"]]
+    history += [c for g in ("cladribine", "alemtuzumab") for c in valuesets["drug_groups"][g]["rxnorm"]]
+    patient = "{{context.patientId}}"
     return {
-        "patient": "Patient/{{context.patientId}}",
-        "labs": f"Observation?patient={{{{context.patientId}}}}&code={loinc}&_sort=-date&_count=200",
-        "conditions": f"Condition?patient={{{{context.patientId}}}}&code={conditions}",
-        "administrations": ("MedicationAdministration?patient={{context.patientId}}"
-                            f"&code={drugs}&_sort=-effective-time&_count=50"),
+        "patient": f"Patient/{patient}",
+        "labs": f"Observation?patient={patient}&code={loinc}&_sort=-date&_count=200",
+        "conditions": f"Condition?patient={patient}&code={conditions}",
+        "administrations": f"MedicationAdministration?patient={patient}&code={_codes(systems['rxnorm'], history)}"
+                           "&_sort=-effective-time&_count=100",
+        "medications": f"MedicationRequest?patient={patient}&status=active,completed&_count=200",
+        "allergies": f"AllergyIntolerance?patient={patient}",
+        "immunizations": f"Immunization?patient={patient}&_sort=-date&_count=100",
     }
 
 
+def _codes(system: str | None, codes: Any) -> str:
+    return ",".join(f"{system}|{c}" if system else c for c in codes)
+
+
 class FetchFailed(Exception):
-    """A query to fhirServer gave no usable answer; the message says why, for a clinician."""
+    """A query to fhirServer gave no usable answer, or only part of it; the message says why, for a clinician.
+
+    `partial` holds what did arrive (e.g. the first pages of a search) so the rules can still use it,
+    while the gap keeps the checks it might have changed from passing silently.
+    """
+
+    def __init__(self, reason: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.partial = partial
 
 
 class AccessRefused(Exception):
     """fhirServer refused the service's credentials (401/403): the request cannot be served (412)."""
 
 
+class NoFhirAccess(Exception):
+    """The fetcher will not query fhirServer for this request (no access token, and unauthenticated
+    fetching is not allowed): as if there were no fhirServer at all."""
+
+
 class Fetcher(Protocol):
-    """Runs queries against the EHR's FHIR server (see fhir_client.py)."""
+    """Runs queries against the EHR's FHIR server (see fhir_client.py).
+
+    Raises AccessRefused when the server refuses the credentials, NoFhirAccess when it will not ask the
+    server at all; any other failure is a FetchFailed value for the key it concerns.
+    """
 
     def fetch(self, request: HookRequest, queries: Mapping[str, str]) -> dict[str, dict[str, Any] | FetchFailed]:
         ...
@@ -56,6 +86,7 @@ class PatientRecord:
     resources: list[dict[str, Any]] = field(default_factory=list)
     gaps: dict[str, str] = field(default_factory=dict)  # prefetch key -> why its data is missing
     had_data: bool = False  # at least one key arrived or was fetched (even if empty)
+    asked_server: bool = False  # fhirServer was queried: its failures are gaps, not a reason for 412
 
 
 class NoPatientData(Exception):
@@ -80,7 +111,7 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
                 record.gaps[key] = problem
     if wanted:
         _fetch(request, wanted, fetcher, record)
-    if not record.had_data:
+    if not record.had_data and not record.asked_server:
         raise NoPatientData("no prefetch data and no FHIR server access to fetch it")
     return record
 
@@ -90,13 +121,21 @@ def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None
         for key in wanted:
             record.gaps[key] += " and the service has no FHIR server to fetch it from"
         return
-    for key, outcome in fetcher.fetch(request, wanted).items():
+    try:
+        outcomes = fetcher.fetch(request, wanted)
+    except NoFhirAccess as e:
+        for key in wanted:
+            record.gaps[key] += f" and {e}"
+        return
+    record.asked_server = True
+    for key, outcome in outcomes.items():
         if isinstance(outcome, FetchFailed):
             record.gaps[key] = str(outcome)
+            record.resources += resources_in(outcome.partial)
             continue
         problem = _problem(outcome)
         if problem:
-            record.gaps[key] = f"the FHIR server answered with an error ({problem})"
+            record.gaps[key] = "could not be retrieved: the FHIR server's answer was an error or not FHIR"
             continue
         del record.gaps[key]
         record.had_data = True

@@ -1,10 +1,13 @@
-"""The clinical content in rules/, loaded once and checked at start-up.
+"""The clinical content in rules/, loaded and checked as a whole before the service uses any of it.
 
-Rules are written in a small pattern language (see rules/rules.yaml) and compiled here into
-durable-rules JSON, so that clinicians review YAML and the engine still gets its native form.
+Rules are written in a small pattern language (see the head of rules/rules.yaml) and compiled here into
+durable-rules JSON, so that clinicians review YAML and the engine still gets its native form. A site's
+overrides (CDS_RULES_OVERRIDES) change thresholds, product regimens and rule indicators, or disable
+rules; every key they name must exist, so a typo stops start-up instead of silently changing nothing.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +17,12 @@ import yaml
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
+ABOUT = ("anti-cd20", "vaccine", "chart")
 _COMPARATORS = {"gt": "$gt", "ge": "$gte", "lt": "$lt", "le": "$lte", "ne": "$neq"}
 
 
 class RulebookError(ValueError):
-    """The rules/ data is inconsistent; the service refuses to start rather than run half the checks."""
+    """The rules/ data or a site override is inconsistent; the message names the offending key."""
 
 
 @dataclass(frozen=True)
@@ -27,18 +31,20 @@ class Variant:
     rule_id: str
     indicator: str
     summary: str
-    bound: tuple[str, ...]  # names of the facts the variant binds (always starts with "order")
 
 
 @dataclass(frozen=True)
 class Rule:
     id: str
-    source: dict[str, str]
+    source: str  # a key of `sources`, or "product" for the ordered product's own label
     detail: str
     variants: tuple[Variant, ...]
+    about: tuple[str, ...]
+    hooks: tuple[str, ...] = ()
     suppresses: tuple[str, ...] = ()
     orderables: tuple[dict[str, str], ...] = ()
     summary_many: str | None = None
+    section: str = ""  # which part of the source, e.g. "§2.1, §4"
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Rulebook:
     thresholds: dict[str, Any]
     units: dict[str, Any]
     valuesets: dict[str, Any]
+    products: dict[str, Any]
+    sources: dict[str, dict[str, str]]
     rules: dict[str, Rule]
     ruleset: dict[str, Any] = field(repr=False)  # durable-rules JSON definition
 
@@ -54,43 +62,76 @@ class Rulebook:
         return {v.name: v for rule in self.rules.values() for v in rule.variants}
 
 
-def load(rules_dir: Path | None = None, site_config: Path | None = None) -> Rulebook:
-    """Load rules/ (and a site's overrides) into a Rulebook; raise RulebookError on bad data."""
+def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebook:
+    """Load rules/ and a site's overrides into a Rulebook; RulebookError on any inconsistency."""
     rules_dir = Path(rules_dir or os.environ.get("CDS_RULES_DIR") or DEFAULT_RULES_DIR)
     thresholds = _read(rules_dir / "thresholds.yaml")
-    site = site_config or os.environ.get("CDS_RULES_OVERRIDES")
-    if site:
-        thresholds = _merge(thresholds, _read(Path(site)))
+    products = _read(rules_dir / "products.yaml")
     data = _read(rules_dir / "rules.yaml")
+    overrides = overrides or os.environ.get("CDS_RULES_OVERRIDES")
+    site = _read(Path(overrides)) if overrides else {}
+    _check_keys(site, {"thresholds", "products", "rules"}, "overrides")
+    thresholds = _merge(thresholds, site.get("thresholds", {}), "thresholds")
+    products = _merge(products, site.get("products", {}), "products")
+    rule_overrides = site.get("rules", {})
+    known = {r["id"] for r in data["rules"]}
+    for rule_id, change in rule_overrides.items():
+        if rule_id not in known:
+            raise RulebookError(f"overrides: rules.{rule_id}: no such rule")
+        _check_keys(change, {"enabled", "indicator"}, f"overrides: rules.{rule_id}")
     valuesets = _read(rules_dir / "valuesets.yaml")
-    rules = {r["id"]: _rule(r, data["sources"], thresholds, valuesets) for r in data["rules"]}
-    for rule in rules.values():
-        unknown = set(rule.suppresses) - set(rules)
-        if unknown:
-            raise RulebookError(f"{rule.id} suppresses unknown rules {sorted(unknown)}")
-    ruleset = {}
+    sources = data["sources"]
+    rules, ruleset = {}, {}
     for raw in data["rules"]:
+        change = rule_overrides.get(raw["id"], {})
+        if change.get("enabled", True) is False:
+            continue
+        rule = _rule(raw, change.get("indicator"), sources, thresholds, valuesets)
+        rules[rule.id] = rule
         for n, variant in enumerate(raw["variants"]):
-            name = f"{raw['id']}#{n}"
-            ruleset[name] = {"all": _conditions(variant, thresholds), "run": name}
-    return Rulebook(thresholds, _read(rules_dir / "units.yaml"), valuesets, rules, ruleset)
+            ruleset[f"{rule.id}#{n}"] = {"all": _conditions(rule, variant, thresholds), "run": f"{rule.id}#{n}"}
+    _check_products(products, sources)
+    return Rulebook(thresholds, _read(rules_dir / "units.yaml"), valuesets, products, sources, rules, ruleset)
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
+            data = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as e:
         raise RulebookError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise RulebookError(f"{path}: expected a mapping at the top level")
+    return data
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
+def _check_keys(data: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(data, dict):
+        raise RulebookError(f"{where}: expected a mapping")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise RulebookError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _merge(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
+    if not isinstance(override, dict):
+        raise RulebookError(f"overrides: {where}: expected a mapping")
+    merged = copy.deepcopy(base)
     for key, value in override.items():
+        path = f"{where}.{key}"
         if key not in base:
-            raise RulebookError(f"site configuration names an unknown setting: {key}")
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) else value
+            raise RulebookError(f"overrides: {path}: no such setting")
+        if isinstance(base[key], dict):
+            merged[key] = _merge(base[key], value, path)
+        elif isinstance(value, dict) or type(value) is not type(base[key]) and not _numbers(value, base[key]):
+            raise RulebookError(f"overrides: {path}: expected {type(base[key]).__name__}, got {value!r}")
+        else:
+            merged[key] = value
     return merged
+
+
+def _numbers(a: Any, b: Any) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
 
 
 def threshold(thresholds: dict[str, Any], ref: Any) -> Any:
@@ -105,32 +146,41 @@ def threshold(thresholds: dict[str, Any], ref: Any) -> Any:
     return value
 
 
-def _rule(raw: dict[str, Any], sources: dict, thresholds: dict, valuesets: dict) -> Rule:
+def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, thresholds: dict,
+          valuesets: dict) -> Rule:
     rule_id = raw["id"]
-    if raw["source"] not in sources:
+    if raw["source"] != "product" and raw["source"] not in sources:
         raise RulebookError(f"{rule_id} cites unknown source {raw['source']}")
+    about = tuple(_as_list(raw.get("about", "anti-cd20")))
+    if not set(about) <= set(ABOUT):
+        raise RulebookError(f"{rule_id}: about must be among {ABOUT}")
     variants = []
     for n, v in enumerate(raw["variants"]):
-        indicator = threshold(thresholds, v["indicator"])
+        indicator = indicator_override or threshold(thresholds, v["indicator"])
         if indicator not in INDICATOR_RANK:
             raise RulebookError(f"{rule_id}: indicator {indicator!r} is not info, warning or critical")
-        bound = ("order", *v.get("when", {}).keys())
-        variants.append(Variant(f"{rule_id}#{n}", rule_id, indicator, v["summary"], bound))
-    orderables = tuple(valuesets["orderables"][raw["orders"]]) if "orders" in raw else ()
+        variants.append(Variant(f"{rule_id}#{n}", rule_id, indicator, v["summary"]))
     return Rule(
-        id=rule_id,
-        source=sources[raw["source"]],
-        detail=raw.get("detail", "").strip(),
-        variants=tuple(variants),
-        suppresses=tuple(raw.get("suppresses", ())),
-        orderables=orderables,
-        summary_many=raw.get("summary_many"),
+        id=rule_id, source=raw["source"], detail=raw.get("detail", "").strip(), variants=tuple(variants),
+        about=about, hooks=tuple(raw.get("hooks", ())), suppresses=tuple(raw.get("suppresses", ())),
+        orderables=tuple(valuesets["orderables"][raw["orders"]]) if "orders" in raw else (),
+        summary_many=raw.get("summary_many"), section=raw.get("section", ""),
     )
 
 
-def _conditions(variant: dict[str, Any], thresholds: dict) -> list[dict[str, Any]]:
-    """Compile a variant's patterns to durable-rules JSON; the order pattern always comes first."""
-    conditions = [{"order": _pattern({"kind": "order", **variant.get("order", {})}, thresholds)}]
+def _check_products(products: dict[str, Any], sources: dict) -> None:
+    for key, product in products.items():
+        label = product.get("label", {}).get("source")
+        if label not in sources:
+            raise RulebookError(f"products.{key}.label.source: unknown source {label!r}")
+
+
+def _conditions(rule: Rule, variant: dict[str, Any], thresholds: dict) -> list[dict[str, Any]]:
+    """Compile a variant's patterns to durable-rules JSON; the anchor (the order) always comes first."""
+    anchor = {"kind": "order", "about": list(rule.about), **variant.get("order", {})}
+    if rule.hooks:
+        anchor["hook"] = list(rule.hooks)
+    conditions = [{"order": _pattern(anchor, thresholds)}]
     for name, pattern in variant.get("when", {}).items():
         conditions.append({name: _pattern(pattern, thresholds)})
     for n, pattern in enumerate(variant.get("unless", ())):
@@ -145,9 +195,10 @@ def _pattern(pattern: dict[str, Any], thresholds: dict) -> dict[str, Any]:
 
 def _term(field_: str, spec: Any, thresholds: dict) -> dict[str, Any]:
     if isinstance(spec, list):
-        return {"$or": [{field_: threshold(thresholds, s)} for s in spec]}
+        options = [{field_: _value(s, thresholds)} for s in spec]
+        return options[0] if len(options) == 1 else {"$or": options}
     if not isinstance(spec, dict):
-        return {field_: threshold(thresholds, spec)}
+        return {field_: _value(spec, thresholds)}
     terms = []
     for op, value in spec.items():
         if op == "near":
@@ -155,7 +206,19 @@ def _term(field_: str, spec: Any, thresholds: dict) -> dict[str, Any]:
             terms.append({"$gte": {field_: {"$sub": {"$l": {other: field_}, "$r": days}}}})
             terms.append({"$lte": {field_: {"$add": {"$l": {other: field_}, "$r": days}}}})
         elif op in _COMPARATORS:
-            terms.append({_COMPARATORS[op]: {field_: threshold(thresholds, value)}})
+            terms.append({_COMPARATORS[op]: {field_: _value(value, thresholds)}})
         else:
             raise RulebookError(f"unknown comparison {op!r} on {field_}")
     return terms[0] if len(terms) == 1 else {"$and": terms}
+
+
+def _value(value: Any, thresholds: dict) -> Any:
+    """A threshold ("$a.b"), a field of an earlier bound fact ("=order.ingredient"), or a literal."""
+    if isinstance(value, str) and value.startswith("="):
+        fact, _, name = value[1:].partition(".")
+        return {fact: name}
+    return threshold(thresholds, value)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]

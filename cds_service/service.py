@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import cards, hooks, prefetch
+from . import cards, hooks, observability, prefetch, rulebook
+from .anchors import Anchors, OrderedDrug, prior_depletion, therapy_fact
 from .engine import Engine, Finding
-from .facts import FactBuilder, OrderedDrug
+from .facts import FactBuilder
 from .rulebook import Rulebook
 
 log = logging.getLogger(__name__)
@@ -28,64 +31,140 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@dataclass(frozen=True)
+class Ruleset:
+    """Everything derived from one load of rules/: swapped as a whole on reload."""
+
+    book: Rulebook
+    engine: Engine
+    facts: FactBuilder
+    anchors: Anchors
+    services: dict[str, hooks.ServiceDefinition]
+
+    @classmethod
+    def build(cls, book: Rulebook) -> "Ruleset":
+        facts = FactBuilder(book)
+        templates = prefetch.templates(book.valuesets, book.products)
+        return cls(book, Engine(book), facts, Anchors(facts.catalogue), hooks.services(templates))
+
+
+@dataclass
+class Orders:
+    """The request's draft orders, and the ones the rules are asked about."""
+
+    drafts: list[dict[str, Any]]
+    bundle: dict[str, dict[str, Any]]
+    drugs: list[OrderedDrug]
+    vaccines: list[dict[str, Any]]
+
+
 class CdsService:
-    def __init__(self, rulebook: Rulebook, fetcher: prefetch.Fetcher | None = None, clock: Clock = utc_now) -> None:
-        self.rulebook = rulebook
-        self.engine = Engine(rulebook)
-        self.facts = FactBuilder(rulebook)
+    def __init__(self, book: Rulebook, fetcher: prefetch.Fetcher | None = None, clock: Clock = utc_now) -> None:
         self.fetcher = fetcher
         self.clock = clock
-        self.prefetch = prefetch.templates(rulebook.valuesets)
-        self.services = hooks.services(self.prefetch)
+        self._ruleset = Ruleset.build(book)
+        self._reload_lock = threading.Lock()
+
+    @property
+    def rulebook(self) -> Rulebook:
+        return self._ruleset.book
+
+    @property
+    def services(self) -> dict[str, hooks.ServiceDefinition]:
+        return self._ruleset.services
+
+    @property
+    def engine(self) -> Engine:
+        return self._ruleset.engine
+
+    def reload(self) -> Rulebook:
+        """Load rules/ and the overrides again; the running set stays if the new one is bad (raises)."""
+        with self._reload_lock:
+            fresh = Ruleset.build(rulebook.load())
+            self._ruleset = fresh
+        log.info("rules reloaded", extra={"fields": {"rules": len(fresh.book.rules)}})
+        return fresh.book
 
     def discovery(self) -> dict[str, Any]:
         return {"services": [s.discovery() for s in self.services.values()]}
 
     def call(self, service_id: str, body: Any) -> dict[str, Any]:
         """The response body for a hook call; raises InvalidRequest, UnknownService or PreconditionFailed."""
-        service = self.services.get(service_id)
+        rules = self._ruleset  # one consistent set for the whole call, even if a reload happens meanwhile
+        service = rules.services.get(service_id)
         if service is None:
             raise UnknownService(service_id)
         request = hooks.parse(body, service)
-        drugs, bundle, draft_refs = self._ordered_drugs(request)
-        if not drugs:
+        orders = self._orders(rules, request) if request.hook != "patient-view" else None
+        if orders is not None and not orders.drugs and not orders.vaccines:
             return {"cards": []}
         try:
             record = prefetch.gather(request, service.prefetch, self.fetcher)
         except (prefetch.NoPatientData, prefetch.AccessRefused) as e:
             raise PreconditionFailed(str(e)) from None
-        now = self.clock()
-        facts = self.facts.record(record.resources, record.gaps, now)
-        findings: list[Finding] = []
-        for drug in drugs:
-            order = self.facts.order_fact(drug, record.resources, record.gaps, bundle, now, draft_refs)
-            findings += self.engine.evaluate(order, facts)
-        return {"cards": cards.build(findings, self.rulebook, request.hookInstance, request.context["patientId"])}
+        with observability.EVALUATION_SECONDS.time():
+            findings = self._evaluate(rules, request, orders, record)
+        return {"cards": cards.build(findings, rules.book, request.hookInstance, request.context["patientId"])}
 
-    def _ordered_drugs(self, request: hooks.HookRequest) -> tuple[list[OrderedDrug], dict[str, dict], set[str]]:
-        """Anti-CD20 orders to check: the selections (order-select) or every draft order (order-sign)."""
-        resources = prefetch.resources_in(request.context["draftOrders"])
-        bundle = _index(request.context["draftOrders"], resources)
-        refs = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
+    def _evaluate(self, rules: Ruleset, request: hooks.HookRequest, orders: Orders | None,
+                  record: prefetch.PatientRecord) -> list[Finding]:
+        now = self.clock()
+        drafts = orders.drafts if orders else []
+        bundle = {**_index_resources(record.resources), **(orders.bundle if orders else {})}
+        exclude = {f"{r.get('resourceType')}/{r.get('id')}" for r in drafts}
+        doses = rules.anchors.doses(record.resources, bundle, exclude)
+        facts = rules.facts.record(record.resources + drafts, record.gaps, now)
+        facts += prior_depletion(record.resources, rules.facts.catalogue, bundle, now)
+        therapy = therapy_fact(doses, now)
+        if therapy:
+            facts.append(therapy)
+        if orders is None:
+            anchor = rules.anchors.therapy(doses, request.hook, now)
+            return rules.engine.evaluate(anchor, facts) if anchor else []
+        reactions = [f for f in facts if f["kind"] == "reaction"]
+        history_known = "administrations" not in record.gaps
+        findings: list[Finding] = []
+        for drug in orders.drugs:
+            anchor = rules.anchors.order(drug, request.hook, doses, drafts, bundle, reactions, history_known, now)
+            findings += rules.engine.evaluate(anchor, facts)
+        for vaccine in orders.vaccines:
+            findings += rules.engine.evaluate(vaccine, facts)
+        return findings
+
+    def _orders(self, rules: Ruleset, request: hooks.HookRequest) -> Orders:
+        """Draft orders, and among them the ones to check: the selections (order-select) or all (order-sign)."""
+        drafts = [r for r in prefetch.resources_in(request.context["draftOrders"])
+                  if r.get("status") not in SKIPPED_STATUS]
+        bundle = _index(request.context["draftOrders"], drafts)
+        chosen = drafts
         if request.hook == "order-select":
-            chosen = set(request.context["selections"])
-            unknown = chosen - refs
-            if unknown:
-                log.info("%d selection(s) not found in draftOrders; skipped", len(unknown))
-            resources = [r for r in resources if f"{r.get('resourceType')}/{r.get('id')}" in chosen]
-        drugs = []
-        for resource in resources:
-            if resource.get("resourceType") in ORDER_TYPES and resource.get("status") not in SKIPPED_STATUS:
-                drug = self.facts.ordered_drug(resource, bundle)
-                if drug:
-                    drugs.append(drug)
-        return drugs, bundle, refs
+            selected = set(request.context["selections"])
+            chosen = [r for r in drafts if f"{r.get('resourceType')}/{r.get('id')}" in selected]
+            if len(chosen) < len(selected):
+                log.info("selections not found in draftOrders were skipped",
+                         extra={"fields": {"skipped": len(selected) - len(chosen)}})
+        orders = Orders(drafts, bundle, [], [])
+        for resource in chosen:
+            if resource.get("resourceType") not in ORDER_TYPES:
+                continue
+            drug = rules.anchors.ordered_drug(resource, bundle)
+            if drug:
+                orders.drugs.append(drug)
+                continue
+            vaccine = rules.anchors.vaccine_order(resource, request.hook, bundle)
+            if vaccine:
+                orders.vaccines.append(vaccine)
+        return orders
+
+
+def _index_resources(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
 
 
 def _index(bundle: Any, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Resources of the draftOrders Bundle by "Type/id" and by fullUrl, to resolve medicationReference."""
-    index = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
-    for entry in bundle.get("entry") or () if isinstance(bundle, dict) else ():
+    index = _index_resources(resources)
+    for entry in (bundle.get("entry") or ()) if isinstance(bundle, dict) else ():
         if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str) and isinstance(entry.get("resource"), dict):
             index[entry["fullUrl"]] = entry["resource"]
     return index

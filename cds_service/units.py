@@ -21,7 +21,7 @@ def normalise(unit: str) -> str:
 class Units:
     def __init__(self, table: dict[str, Any]) -> None:
         self._families = {
-            name: (family["canonical"], {normalise(u): float(f) for u, f in family["factors"].items()})
+            name: (family["canonical"], {normalise(u): _affine(f) for u, f in family["factors"].items()})
             for name, family in table.items()
         }
 
@@ -31,7 +31,15 @@ class Units:
     def to_canonical(self, family: str, value: float, unit: str | None) -> float:
         """`value` in `unit`, expressed in the family's canonical unit; UnknownUnit if not listed."""
         _, factors = self._families[family]
-        factor = factors.get(normalise(unit)) if unit else None
-        if factor is None:
+        conversion = factors.get(normalise(unit)) if unit else None
+        if conversion is None:
             raise UnknownUnit(unit or "(no unit)")
-        return value * factor
+        factor, offset = conversion
+        return value * factor + offset
+
+
+def _affine(spec: float | list[float]) -> tuple[float, float]:
+    """A factor, or [factor, offset] for scales that do not share a zero (°F → °C)."""
+    if isinstance(spec, list):
+        return float(spec[0]), float(spec[1])
+    return float(spec), 0.0

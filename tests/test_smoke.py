@@ -5,8 +5,8 @@ def test_discovery_lists_one_service_per_hook(client):
     response = client.get("/cds-services")
     assert response.status_code == 200
     services = response.get_json()["services"]
-    assert sorted(s["hook"] for s in services) == ["order-select", "order-sign"]
-    assert len({s["id"] for s in services}) == 2
+    assert sorted(s["hook"] for s in services) == ["order-select", "order-sign", "patient-view"]
+    assert len({s["id"] for s in services}) == 3
 
 
 def test_unknown_service_is_404_with_json(client):

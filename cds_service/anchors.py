@@ -1,0 +1,203 @@
+"""What the rules are asked about (their anchor fact): an anti-CD20 order, a vaccine order, or — for
+patient-view — the anti-CD20 therapy on record. Product differences come from rules/products.yaml."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from .labs import as_datetime
+from .orders import Catalogue, Match, Product, dose, medication_of, route_text
+
+DOSE_RESOURCES = {"MedicationAdministration": {"completed", "in-progress"},
+                  "MedicationStatement": {"active", "completed"},
+                  "MedicationRequest": {"completed"}}
+HISTORY_STATUS_EXCLUDED = {"entered-in-error", "cancelled", "not-done", "not-taken"}
+PRIOR_DEPLETING = ("cladribine", "alemtuzumab")
+
+
+@dataclass(frozen=True)
+class OrderedDrug:
+    """An anti-CD20 order found among the request's draft orders."""
+
+    reference: str  # "MedicationRequest/123"
+    product: Product
+    match: Match
+    resource: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Dose:
+    product: Product
+    when: datetime
+
+
+class Anchors:
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
+
+    def ordered_drug(self, resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> OrderedDrug | None:
+        found = self.catalogue.product(medication_of(resource, bundle), route_text(resource))
+        if found is None:
+            return None
+        product, match = found
+        return OrderedDrug(f"{resource.get('resourceType')}/{resource.get('id')}", product, match, resource)
+
+    def doses(self, resources: Iterable[dict[str, Any]], bundle: dict[str, dict[str, Any]],
+              exclude: set[str]) -> list[Dose]:
+        """Past anti-CD20 doses on record (administrations, statements, completed orders), newest first."""
+        found = []
+        for resource in resources:
+            kind = resource.get("resourceType")
+            if kind not in DOSE_RESOURCES or resource.get("status") not in DOSE_RESOURCES[kind]:
+                continue
+            if f"{kind}/{resource.get('id')}" in exclude:
+                continue
+            matched = self.catalogue.product(medication_of(resource, bundle), route_text(resource))
+            when = _time_of(resource)
+            if matched and when:
+                found.append(Dose(matched[0], when))
+        return sorted(found, key=lambda d: d.when, reverse=True)
+
+    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], drafts: list[dict[str, Any]],
+              bundle: dict[str, dict[str, Any]], reactions: list[dict[str, Any]], history_known: bool,
+              now: datetime) -> dict[str, Any]:
+        """The anchor for an anti-CD20 order: product data, phase, dose, interval, premedication."""
+        product = drug.product
+        same = [d for d in doses if d.product.ingredient == product.ingredient]
+        fact = self._product_fact(product, "anti-cd20", hook)
+        fact.update(reference=drug.reference, matched_by=drug.match.by, matched_text=drug.match.text,
+                    prior_doses=len(same))
+        if same:
+            fact.update(phase="maintenance", phase_text="a maintenance dose", **_since(same[0].when, now))
+        else:
+            fact.update(phase="first", phase_text="a first dose" if history_known else
+                        "a first dose (dose history unavailable, so treated as a first dose)")
+        fact.update(_dose_check(drug.resource, product, len(same)))
+        if same:
+            fact.update(_interval_check(product, len(same), fact["days_since_last_dose"]))
+        fact.update(self._premedication(product, drug, drafts, bundle))
+        fact.update(_reaction(product, reactions))
+        return fact
+
+    def vaccine_order(self, resource: dict[str, Any], hook: str, bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        kind = self.catalogue.vaccine(medication_of(resource, bundle))
+        if kind is None:
+            return None
+        return {"kind": "order", "about": "vaccine", "hook": hook, "live": kind[0], "name": kind[1],
+                "short": kind[1], "reference": f"{resource.get('resourceType')}/{resource.get('id')}",
+                "phase": "n/a", "phase_text": "a vaccine order"}
+
+    def therapy(self, doses: list[Dose], hook: str, now: datetime) -> dict[str, Any] | None:
+        """The chart anchor (patient-view): the anti-CD20 therapy the patient last received."""
+        if not doses:
+            return None
+        last = doses[0]
+        fact = self._product_fact(last.product, "chart", hook)
+        since = _since(last.when, now)
+        fact.update(phase="maintenance", phase_text="ongoing therapy", **since)
+        interval = last.product.data["regimen"].get("interval_days")
+        if interval:
+            fact["next_dose_due_in_days"] = interval - since["days_since_last_dose"]
+            fact["next_dose_date"] = datetime.fromordinal(last.when.toordinal() + interval).date().isoformat()
+        return fact
+
+    def _product_fact(self, product: Product, about: str, hook: str) -> dict[str, Any]:
+        data = product.data
+        return {"kind": "order", "about": about, "hook": hook, "product": product.key,
+                "ingredient": product.ingredient, "name": data["name"], "short": data["short"],
+                "route": data["route"], "label_source": data["label"]["source"],
+                "irr_contraindication": bool(data.get("infusion_reaction_contraindication")),
+                "premedication_text": data.get("premedication_text", "")}
+
+    def _premedication(self, product: Product, drug: OrderedDrug, drafts: list[dict[str, Any]],
+                       bundle: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Which of the product's premedication groups has no order among the other draft orders."""
+        needed = product.data.get("premedication") or []
+        present = {group for r in drafts if r is not drug.resource
+                   for group in self.catalogue.groups(medication_of(r, bundle))}
+        missing = [g for g in needed if g not in present]
+        return {"premedication_missing": bool(missing),
+                "premedication_missing_text": " and ".join(self.catalogue.group_label(g) for g in missing)}
+
+
+def prior_depletion(resources: Iterable[dict[str, Any]], catalogue: Catalogue, bundle: dict[str, dict[str, Any]],
+                    now: datetime) -> list[dict[str, Any]]:
+    """Facts for past cladribine or alemtuzumab (any record of it being given or ordered)."""
+    facts = []
+    for resource in resources:
+        if resource.get("resourceType") not in ("MedicationAdministration", "MedicationStatement", "MedicationRequest"):
+            continue
+        if resource.get("status") in HISTORY_STATUS_EXCLUDED:
+            continue
+        when = _time_of(resource)
+        groups = [g for g in catalogue.groups(medication_of(resource, bundle)) if g in PRIOR_DEPLETING]
+        if when and groups:
+            facts.append({"kind": "prior_therapy", "group": groups[0], "label": catalogue.group_label(groups[0]),
+                          "date": when.date().isoformat(), "age_days": max(0, (now - when).days)})
+    return facts
+
+
+def therapy_fact(doses: list[Dose], now: datetime) -> dict[str, Any] | None:
+    """The patient's last anti-CD20 dose, whatever the product (for vaccine orders)."""
+    if not doses:
+        return None
+    last = doses[0]
+    return {"kind": "therapy", "product": last.product.key, "short": last.product.data["short"],
+            "day": last.when.toordinal(), **_since(last.when, now)}
+
+
+def _since(when: datetime, now: datetime) -> dict[str, Any]:
+    return {"last_dose": when.date().isoformat(), "days_since_last_dose": max(0, (now - when).days)}
+
+
+def _dose_check(resource: dict[str, Any], product: Product, prior: int) -> dict[str, Any]:
+    expected_doses = product.data["regimen"].get("doses_mg")
+    if not expected_doses:
+        return {}
+    expected = expected_doses[min(prior, len(expected_doses) - 1)]
+    mg, unit = dose(resource)
+    if mg is None and unit is None:
+        return {}
+    fact: dict[str, Any] = {"expected_dose_mg": expected}
+    if mg is None:
+        return {**fact, "dose_checkable": False, "dose_text": f"a dose in {unit}"}
+    return {**fact, "dose_checkable": True, "dose_mg": mg, "dose_text": f"{mg:g} mg",
+            "dose_fits": abs(mg - expected) <= 0.01 * expected}
+
+
+def _interval_check(product: Product, prior: int, days: int) -> dict[str, Any]:
+    minimums = product.data["regimen"].get("min_days") or [None]
+    minimum = minimums[min(prior, len(minimums) - 1)]
+    if minimum is None:
+        return {}
+    return {"min_days_since_last": minimum, "interval_short": days < minimum}
+
+
+def _reaction(product: Product, reactions: list[dict[str, Any]]) -> dict[str, Any]:
+    own = set(product.data.get("reaction_substances") or [product.ingredient])
+    same = [r for r in reactions if r["substance"] in own]
+    other = [r for r in reactions if r["substance"] not in own and r["substance"] != "hyaluronidase"]
+    if same:
+        return {"severe_reaction": "same-drug", "severe_reaction_text": same[0]["display"]}
+    if other:
+        return {"severe_reaction": "other-anti-cd20", "severe_reaction_text": other[0]["display"]}
+    return {}
+
+
+def _time_of(resource: dict[str, Any]) -> datetime | None:
+    for key in ("effectiveDateTime", "occurrenceDateTime", "authoredOn", "dateAsserted"):
+        value = resource.get(key)
+        if isinstance(value, str):
+            return _parse(value)
+    period = resource.get("effectivePeriod")
+    if isinstance(period, dict) and isinstance(period.get("start"), str):
+        return _parse(period["start"])
+    return None
+
+
+def _parse(value: str) -> datetime | None:
+    try:
+        return as_datetime(value)
+    except ValueError:
+        return None
