@@ -52,7 +52,7 @@ def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance
         "summary": _clip(summary),
         "indicator": variants[chosen[0].variant].indicator,
         "detail": _detail(rule, summaries, chosen, thresholds, source),
-        "source": {"label": source["label"], "url": source["url"],
+        "source": {"label": source["label"], **({"url": source["url"]} if source.get("url") else {}),
                    "topic": {"system": TOPIC_SYSTEM, "code": rule.id, "display": rule.id}},
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
     }
@@ -67,7 +67,7 @@ def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, 
     key = order.get("label_source") if rule.source == "product" else rule.source
     source = rulebook.sources[key]
     label = f"{source['label']}, {rule.section}" if rule.section else source["label"]
-    return {"label": label, "url": source["url"], "seed": source["seed"]}
+    return {"label": label, "url": source.get("url", ""), "seed": source["seed"]}
 
 
 def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: SimpleNamespace,
