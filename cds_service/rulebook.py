@@ -31,6 +31,7 @@ class Variant:
     rule_id: str
     indicator: str
     summary: str
+    patterns: dict[str, Any] = field(default_factory=dict, compare=False)  # order / when / unless, as written
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, th
         indicator = indicator_override or threshold(thresholds, v["indicator"])
         if indicator not in INDICATOR_RANK:
             raise RulebookError(f"{rule_id}: indicator {indicator!r} is not info, warning or critical")
-        variants.append(Variant(f"{rule_id}#{n}", rule_id, indicator, v["summary"]))
+        patterns = {k: v[k] for k in ("order", "when", "unless") if k in v}
+        variants.append(Variant(f"{rule_id}#{n}", rule_id, indicator, v["summary"], patterns))
     return Rule(
         id=rule_id, source=raw["source"], detail=raw.get("detail", "").strip(), variants=tuple(variants),
         about=about, hooks=tuple(raw.get("hooks", ())), suppresses=tuple(raw.get("suppresses", ())),
