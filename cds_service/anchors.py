@@ -108,6 +108,8 @@ class Anchors:
                 "ingredient": product.ingredient, "name": data["name"], "short": data["short"],
                 "route": data["route"], "label_source": data["label"]["source"],
                 "irr_contraindication": bool(data.get("infusion_reaction_contraindication")),
+                "anc_window_days": data["anc_window_days"],
+                "immunoglobulins_before_start": bool(data.get("immunoglobulins_before_start")),
                 "premedication_text": data.get("premedication_text", "")}
 
     def _premedication(self, product: Product, drug: OrderedDrug, drafts: list[dict[str, Any]],

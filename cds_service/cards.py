@@ -39,7 +39,8 @@ def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patie
 def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
     variants = rulebook.variants
     top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
-    chosen = [f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top]
+    chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
+                    key=_severity, reverse=True)
     thresholds = _namespace(rulebook.thresholds)
     summaries = _unique(_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen)
     order = chosen[0].bindings["order"]
@@ -60,6 +61,11 @@ def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance
         card["suggestions"] = [_order_tests(rule, patient_id, card["uuid"])]
         card["selectionBehavior"] = "at-most-one"
     return card
+
+
+def _severity(finding: Finding) -> float:
+    """How far out of range the finding's results are: the most abnormal one is named in the summary."""
+    return max((fact.get("x_uln", 0) for fact in finding.bindings.values()), default=0)
 
 
 def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, str]:

@@ -100,9 +100,9 @@ class FactBuilder:
             high, source = self._rulebook.thresholds["reference_limits"][lab.analyte][sex], _default_source(sex)
         if default == "low" and low is None:
             low, source = self._rulebook.thresholds["igg"]["lln_mg_dl"], "the default limit"
-        shown = f"{_num(lab.value)} {lab.unit}"
+        shown = f"{_num(lab.value)} {lab.unit}"  # lab.unit is the family's display form (units.yaml)
         fact.update(value=round(lab.value, 6), unit=lab.unit, range_source=source,
-                    value_text=shown if lab.original == shown else f"{shown} (reported as {lab.original})")
+                    value_text=f"{shown} (reported as {lab.original})" if lab.original else shown)
         if high:
             fact.update(uln=high, uln_text=f"{_num(high)} {lab.unit}", x_uln=round(lab.value / high, 6),
                         x_uln_text=f"{lab.value / high:.1f} ×")
@@ -121,7 +121,7 @@ class FactBuilder:
         if key == "patient":
             return []  # only sex is read, to pick a default limit; the card says when it was unknown
         if key == "labs":
-            return [{"kind": "unavailable", "analyte": analyte, "what": "lab results", "reason": reason}
+            return [{"kind": "unavailable", "analyte": analyte, "what": "the lab record", "reason": reason}
                     for analyte in self._analytes]
         return [{"kind": "unavailable", "analyte": f"prefetch:{key}", "what": GAP_SUBJECTS.get(key, key),
                  "reason": reason}]

@@ -28,7 +28,7 @@ class LabResult:
     low: float | None = None  # reference limits in the canonical unit
     high: float | None = None
     range_source: str = ""  # "the result's reference range" or "the default limit"
-    original: str = ""  # the value as reported, e.g. "15 umol/L"
+    original: str = ""  # the value as reported when it had to be converted, e.g. "15 umol/L"
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class LabReader:
         return LabResult(
             analyte, when, obs.status, value=value, unit=self._units.canonical(family),
             low=low, high=high, range_source="the result's reference range" if (low, high) != (None, None) else "",
-            original=f"{_number(float(q.value))} {unit}",
+            original="" if self._units.is_canonical(family, unit) else f"{_number(float(q.value))} {q.unit or unit}",
         )
 
     def _range(self, obs: Observation, family: str) -> tuple[float | None, float | None]:

@@ -204,4 +204,16 @@ def as_list(value: Any) -> list[Any]:
 
 
 def _plain_code(system: str | None, code: str) -> str:
-    return code.replace("-", "") if system and system.endswith("/ndc") else code
+    return ndc11(code) if system and system.endswith("/ndc") else code
+
+
+def ndc11(code: str) -> str:
+    """An NDC in its 11-digit 5-4-2 form, so "73150-150-06", "73150-0150-06" and "73150015006" agree.
+
+    A hyphenated 10-digit NDC (4-4-2, 5-3-2 or 5-4-1) is padded segment by segment; an unhyphenated
+    10-digit one is ambiguous and is compared as written.
+    """
+    parts = code.strip().split("-")
+    if len(parts) == 3 and all(p.isdigit() for p in parts):
+        return parts[0].zfill(5) + parts[1].zfill(4) + parts[2].zfill(2)
+    return code.strip().replace("-", "")

@@ -22,22 +22,25 @@ USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "
 def templates(valuesets: dict[str, Any], products: dict[str, Any]) -> dict[str, str]:
     """Prefetch templates built from rules/ data, so the queries ask for what the rules use.
 
-    Labs, problems and past doses are searched by the codes the rules know (system|code, comma-separated);
-    medicines are searched by status instead, because real orders carry product-level codes (SCD, SBD,
-    NDC) that a search by ingredient code would miss.
+    Labs, problems and past doses are searched by the codes the rules know (system|code, comma-separated;
+    past doses by RxNorm and NDC, since two products have no RxNorm code yet); current medicines are
+    searched by status instead, because real orders carry product-level codes (SCD, SBD, NDC) that a
+    search by ingredient code would miss. Completed orders there also count as past doses.
     """
     systems = valuesets["systems"]
     loinc = _codes(systems["loinc"], (c for a in valuesets["analytes"].values() for c in a["loinc"]))
     conditions = _codes(None, (f"{systems[s]}|{c}" for group in valuesets["conditions"].values()
                                for s in ("snomed", "icd10cm") for c in group.get(s, ())))
-    history = [c for p in products.values() for c in p["rxnorm"]]
-    history += [c for g in ("cladribine", "alemtuzumab") for c in valuesets["drug_groups"][g]["rxnorm"]]
+    rxnorm = [c for p in products.values() for c in p["rxnorm"]]
+    rxnorm += [c for g in ("cladribine", "alemtuzumab") for c in valuesets["drug_groups"][g]["rxnorm"]]
+    history = _codes(None, [f"{systems['rxnorm']}|{c}" for c in rxnorm]
+                     + [f"{systems['ndc']}|{c}" for p in products.values() for c in p["ndc"]])
     patient = "{{context.patientId}}"
     return {
         "patient": f"Patient/{patient}",
         "labs": f"Observation?patient={patient}&code={loinc}&_sort=-date&_count=200",
         "conditions": f"Condition?patient={patient}&code={conditions}",
-        "administrations": f"MedicationAdministration?patient={patient}&code={_codes(systems['rxnorm'], history)}"
+        "administrations": f"MedicationAdministration?patient={patient}&code={history}"
                            "&_sort=-effective-time&_count=100",
         "medications": f"MedicationRequest?patient={patient}&status=active,completed&_count=200",
         "allergies": f"AllergyIntolerance?patient={patient}",
@@ -154,13 +157,22 @@ def _problem(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "was prefetched in a form that is not a FHIR resource"
     kind = value.get("resourceType")
-    if kind == "OperationOutcome":
+    if kind == "OperationOutcome" or (kind == "Bundle" and _only_errors(value)):
         return "could not be prefetched (the EHR reported an error)"
     if kind is None and "resource" in value:  # pre-1.0 {response, resource} wrapper
         return _problem(value["resource"])
     if not isinstance(kind, str):
         return "was prefetched in a form that is not a FHIR resource"
     return None
+
+
+def _only_errors(bundle: dict[str, Any]) -> bool:
+    """A search Bundle whose only entries are OperationOutcomes reporting an error: the search failed."""
+    entries = [e.get("resource") for e in bundle.get("entry") or () if isinstance(e, dict)]
+    return bool(entries) and all(
+        isinstance(r, dict) and r.get("resourceType") == "OperationOutcome"
+        and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in r.get("issue") or ())
+        for r in entries)
 
 
 def resources_in(value: Any) -> list[dict[str, Any]]:

@@ -21,12 +21,18 @@ def normalise(unit: str) -> str:
 class Units:
     def __init__(self, table: dict[str, Any]) -> None:
         self._families = {
-            name: (family["canonical"], {normalise(u): _affine(f) for u, f in family["factors"].items()})
+            name: (family.get("display", family["canonical"]),
+                   {normalise(u): _affine(f) for u, f in family["factors"].items()})
             for name, family in table.items()
         }
 
     def canonical(self, family: str) -> str:
+        """The canonical unit as clinicians read it (e.g. "×10⁹/L" for UCUM's 10*9/L)."""
         return self._families[family][0]
+
+    def is_canonical(self, family: str, unit: str | None) -> bool:
+        """True when a value in `unit` needs no conversion (e.g. "K/uL" for cell counts)."""
+        return bool(unit) and self._families[family][1].get(normalise(unit)) == (1.0, 0.0)
 
     def to_canonical(self, family: str, value: float, unit: str | None) -> float:
         """`value` in `unit`, expressed in the family's canonical unit; UnknownUnit if not listed."""
