@@ -33,8 +33,9 @@ class Dose:
 
 
 class Anchors:
-    def __init__(self, catalogue: Catalogue) -> None:
+    def __init__(self, catalogue: Catalogue, thresholds: dict[str, Any]) -> None:
         self.catalogue = catalogue
+        self._reminders = thresholds["reminders"]
 
     def ordered_drug(self, resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> OrderedDrug | None:
         found = self.catalogue.product(medication_of(resource, bundle), route_text(resource))
@@ -82,7 +83,7 @@ class Anchors:
 
     def vaccine_order(self, resource: dict[str, Any], hook: str, bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         kind = self.catalogue.vaccine(medication_of(resource, bundle))
-        if kind is None:
+        if kind is None or kind[0] != "live":  # the only vaccine-order rule is about live vaccines
             return None
         return {"kind": "order", "about": "vaccine", "hook": hook, "live": kind[0], "name": kind[1],
                 "short": kind[1], "reference": f"{resource.get('resourceType')}/{resource.get('id')}",
@@ -90,16 +91,18 @@ class Anchors:
 
     def therapy(self, doses: list[Dose], hook: str, now: datetime) -> dict[str, Any] | None:
         """The chart anchor (patient-view): the anti-CD20 therapy the patient last received."""
-        if not doses:
+        if not doses or (now - doses[0].when).days > self._reminders["on_therapy_days"]:
             return None
         last = doses[0]
         fact = self._product_fact(last.product, "chart", hook)
         since = _since(last.when, now)
         fact.update(phase="maintenance", phase_text="ongoing therapy", **since)
-        interval = last.product.data["regimen"].get("interval_days")
-        if interval:
-            fact["next_dose_due_in_days"] = interval - since["days_since_last_dose"]
-            fact["next_dose_date"] = datetime.fromordinal(last.when.toordinal() + interval).date().isoformat()
+        regimen = last.product.data["regimen"]
+        if regimen.get("next_dose_reminder") and regimen.get("interval_days"):
+            due_in = regimen["interval_days"] - since["days_since_last_dose"]
+            fact.update(next_dose_due_in_days=due_in, next_dose_overdue_days=max(0, -due_in),
+                        next_dose_date=datetime.fromordinal(last.when.toordinal() + regimen["interval_days"])
+                        .date().isoformat())
         return fact
 
     def _product_fact(self, product: Product, about: str, hook: str) -> dict[str, Any]:
@@ -158,7 +161,7 @@ def _dose_check(resource: dict[str, Any], product: Product, prior: int) -> dict[
     if not expected_doses:
         return {}
     expected = expected_doses[min(prior, len(expected_doses) - 1)]
-    mg, unit = dose(resource)
+    mg, unit = dose(resource, product.data["regimen"].get("mg_per_ml"))
     if mg is None and unit is None:
         return {}
     fact: dict[str, Any] = {"expected_dose_mg": expected}

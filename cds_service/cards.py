@@ -149,6 +149,8 @@ def _namespace(value: Any) -> Any:
 
 
 def _clip(text: str) -> str:
+    """A summary as a sentence: capitalised, and within CDS Hooks' 140 characters."""
+    text = text[:1].upper() + text[1:]
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1].rstrip() + "…"
 
 

@@ -139,10 +139,11 @@ class FactBuilder:
                 facts.append({"kind": "unavailable", "analyte": f"condition:{group}",
                               "what": f"a {label} problem-list entry", "reason": "is not valid FHIR"})
                 continue
-            if _is_active(condition):
+            history_counts = self._rulebook.valuesets["conditions"][group].get("history_counts", False)
+            if _is_active(condition) or (history_counts and _is_confirmed(condition)):
                 since = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None) \
                     or condition.recordedDate
-                facts.append({"kind": "condition", "group": group,
+                facts.append({"kind": "condition", "group": group, "status": _first_code(condition.clinicalStatus) or "active",
                               "display": condition.code.text or _first_display(condition.code) or group,
                               **(_age(as_datetime(since), now) if since else {"age_days": 0, "date": "unknown"})})
         return facts
@@ -236,6 +237,10 @@ def _is_active(condition: Condition) -> bool:
     clinical = _first_code(condition.clinicalStatus)
     verification = _first_code(condition.verificationStatus)
     return (clinical is None or clinical in ACTIVE_CLINICAL) and verification not in EXCLUDED_VERIFICATION
+
+
+def _is_confirmed(condition: Condition) -> bool:
+    return _first_code(condition.verificationStatus) not in EXCLUDED_VERIFICATION
 
 
 def _first_code(concept: Any) -> str | None:

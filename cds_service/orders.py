@@ -171,8 +171,9 @@ def route_text(resource: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def dose(resource: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The ordered dose as (mg, None), or (None, the unit as written) when it is not a mass, or (None, None).
+def dose(resource: dict[str, Any], mg_per_ml: float | None = None) -> tuple[float | None, str | None]:
+    """The ordered dose as (mg, None), or (None, the unit as written) when it is not a mass (or a volume
+    of a product whose concentration is known), or (None, None) when no dose is given.
 
     Reads R4 `doseAndRate[].doseQuantity` and the STU3-style `doseQuantity` real clients still send.
     """
@@ -185,6 +186,8 @@ def dose(resource: dict[str, Any]) -> tuple[float | None, str | None]:
             if isinstance(quantity, dict) and isinstance(quantity.get("value"), (int, float)):
                 unit = str(quantity.get("code") or quantity.get("unit") or "")
                 factor = MASS_TO_MG.get(unit.strip().lower())
+                if factor is None and mg_per_ml and unit.strip().lower() == "ml":
+                    factor = mg_per_ml
                 return (quantity["value"] * factor, None) if factor else (None, unit or "(no unit)")
     return None, None
 

@@ -45,7 +45,7 @@ class Ruleset:
     def build(cls, book: Rulebook) -> "Ruleset":
         facts = FactBuilder(book)
         templates = prefetch.templates(book.valuesets, book.products)
-        return cls(book, Engine(book), facts, Anchors(facts.catalogue), hooks.services(templates))
+        return cls(book, Engine(book), facts, Anchors(facts.catalogue, book.thresholds), hooks.services(templates))
 
 
 @dataclass
@@ -59,9 +59,11 @@ class Orders:
 
 
 class CdsService:
-    def __init__(self, book: Rulebook, fetcher: prefetch.Fetcher | None = None, clock: Clock = utc_now) -> None:
+    def __init__(self, book: Rulebook, fetcher: prefetch.Fetcher | None = None, clock: Clock = utc_now,
+                 max_resources: int = 5000) -> None:
         self.fetcher = fetcher
         self.clock = clock
+        self.max_resources = max_resources
         self._ruleset = Ruleset.build(book)
         self._reload_lock = threading.Lock()
 
@@ -88,13 +90,21 @@ class CdsService:
     def discovery(self) -> dict[str, Any]:
         return {"services": [s.discovery() for s in self.services.values()]}
 
-    def call(self, service_id: str, body: Any) -> dict[str, Any]:
-        """The response body for a hook call; raises InvalidRequest, UnknownService or PreconditionFailed."""
+    def call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None = None
+             ) -> dict[str, Any]:
+        """The response body for a hook call; raises InvalidRequest, UnknownService or PreconditionFailed.
+
+        `fhir_server_allowed` says which FHIR servers the authenticated caller may name: the EHR's access
+        token is sent to fhirServer, so a caller must not be able to point it anywhere the service reaches.
+        """
         rules = self._ruleset  # one consistent set for the whole call, even if a reload happens meanwhile
         service = rules.services.get(service_id)
         if service is None:
             raise UnknownService(service_id)
         request = hooks.parse(body, service)
+        if request.fhirServer and fhir_server_allowed and not fhir_server_allowed(request.fhirServer):
+            raise PreconditionFailed("fhirServer is not a FHIR server this caller's issuer is trusted to name")
+        _check_size(request, self.max_resources)
         orders = self._orders(rules, request) if request.hook != "patient-view" else None
         if orders is not None and not orders.drugs and not orders.vaccines:
             return {"cards": []}
@@ -159,6 +169,15 @@ class CdsService:
 
 def _index_resources(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
+
+
+def _check_size(request: hooks.HookRequest, limit: int) -> None:
+    """Refuse, before any work, a request bringing more resources than the service reads: the caller picks
+    how many it sends, and reading each one takes time every other caller waits for."""
+    count = len(prefetch.resources_in(request.context.get("draftOrders")))
+    count += sum(len(prefetch.resources_in(value)) for value in (request.prefetch or {}).values())
+    if count > limit:
+        raise hooks.InvalidRequest(f"the request carries {count} FHIR resources; this service reads at most {limit}")
 
 
 def _index(bundle: Any, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
