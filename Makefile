@@ -15,7 +15,8 @@ $(BIN)/cds-service: pyproject.toml
 	@touch $@
 
 run: $(BIN)/cds-service
-	CDS_DEV=1 $(BIN)/cds-service serve --host $(HOST) --port $(PORT)
+	@echo "*** make run: DEVELOPMENT MODE, AUTHENTICATION OFF (CDS_AUTH=off), CORS open to any origin. Not for patient data. ***"
+	CDS_DEV=1 CDS_AUTH=off $(BIN)/cds-service serve --host $(HOST) --port $(PORT)
 
 test: $(BIN)/cds-service
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

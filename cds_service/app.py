@@ -4,31 +4,67 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
+
+import yaml
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import jsonbody, logs, rulebook
+from . import auth, jsonbody, logs, observability, rulebook
 from .config import Settings
+from .cors import Cors
+from .feedback import analytics, body as feedback_body, page
+from .feedback.store import Store, StoreUnavailable, open_for_serving
+from .fhir_client import FetchSettings, FhirFetcher
 from .hooks import InvalidRequest
 from .service import CdsService, PreconditionFailed, UnknownService, utc_now
 
 log = logging.getLogger(__name__)
+OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
-def create_app(service: CdsService | None = None, settings: Settings | None = None) -> Flask:
+def create_app(service: CdsService | None = None, settings: Settings | None = None,
+               verifier: auth.Verifier | None = None, store: Store | None = None) -> Flask:
+    """The WSGI app; raises AuthConfigError, CorsConfigError or feedback ConfigError when settings are unusable."""
     settings = settings or Settings.from_env()
+    verifier = verifier or auth.from_settings(settings)
+    cors = Cors(settings.cors_origins, settings.dev)
+    description = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
     if service is None:
         clock = (lambda: settings.frozen_now) if settings.frozen_now else utc_now
-        service = CdsService(rulebook.load(), clock=clock)
+        service = CdsService(rulebook.load(), fetcher=FhirFetcher(FetchSettings.from_env()), clock=clock,
+                             max_resources=settings.max_resources)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cds"] = service
+    store = store or open_for_serving(settings.dev)
+    observability.install(app, database=store.check)
 
     @app.before_request
     def _start() -> None:
         g.started = time.perf_counter()
         rid = request.headers.get("X-Request-ID", "")
         logs.request_id.set(rid if 0 < len(rid) <= 64 and rid.isprintable() else uuid.uuid4().hex)
+
+    @app.before_request
+    def _gate() -> Response | None:
+        """Preflights first (they carry no token), then every CDS Hooks path needs a valid JWT."""
+        if cors.is_preflight(request):
+            return cors.preflight(request)
+        if verifier is None or not (request.path + "/").startswith("/cds-services/"):
+            return None
+        try:
+            g.caller = verifier.verify(request.headers.get("Authorization"), request.path)
+        except auth.Unauthorized as e:
+            log.warning("authentication failed", extra={"fields": {"reason": str(e)}})
+            response = _error(401, "authentication required")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return None
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        return cors.decorate(request, response)
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -49,8 +85,9 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
         if service_id not in service.services:
             return _error(404, f"no CDS service with id {service_id!r}")
         try:
-            body = jsonbody.loads(request.get_data(cache=False), settings.max_json_depth)
-            result = service.call(service_id, body)
+            body = jsonbody.loads(_body(settings.max_body_bytes), settings.max_json_depth)
+            caller = g.get("caller")
+            result = service.call(service_id, body, caller.issuer.allows_fhir_server if caller else None)
         except (jsonbody.BadJson, InvalidRequest) as e:
             return _error(400, str(e))
         except UnknownService:
@@ -58,11 +95,52 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
         except PreconditionFailed as e:
             return _operation_outcome(412, str(e))
         g.log_fields = {"service": service_id, "cards": [c["source"]["topic"]["code"] for c in result["cards"]]}
+        observability.count_cards(result["cards"])
+        store.record_cards(service_id, service.services[service_id].hook, body["context"]["patientId"], result["cards"])
         return jsonify(result)
+
+    @app.post("/cds-services/<service_id>/feedback")
+    def feedback(service_id: str) -> Response:
+        if service_id not in service.services:
+            return _error(404, f"no CDS service with id {service_id!r}")
+        try:
+            items = feedback_body.parse(jsonbody.loads(_body(settings.max_body_bytes), settings.max_json_depth))
+            store.save_feedback(service_id, items)
+        except (jsonbody.BadJson, feedback_body.InvalidFeedback) as e:
+            return _error(400, str(e))
+        except StoreUnavailable:
+            return _unavailable("the feedback could not be stored; send it again")
+        g.log_fields = {"service": service_id, "feedback": len(items)}
+        return jsonify({})
+
+    @app.get("/admin/report")
+    def admin_report() -> Response:
+        token = store.settings.admin_token
+        if token is None and not settings.dev:
+            return _error(404, "the admin report is off: set CDS_ADMIN_TOKEN to turn it on")
+        if token is not None and not page.admitted(request.headers.get("Authorization", ""), token):
+            response = _error(401, "the admin token is required")
+            for challenge in page.CHALLENGES:
+                response.headers.add("WWW-Authenticate", challenge)
+            return response
+        try:
+            period = analytics.Period.parse(request.args.get("since"), request.args.get("until"), utc_now())
+            html = page.render(analytics.build(store, period))
+        except analytics.BadPeriod as e:
+            return _error(400, str(e))
+        except StoreUnavailable:
+            return _unavailable("the feedback database is unavailable; try again later")
+        return Response(html, mimetype="text/html", headers=page.HEADERS)
+
+    @app.get("/openapi.json")
+    def openapi_description() -> Response:
+        return jsonify(description)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException) -> Response:
-        return _error(e.code or 500, e.description or e.name)
+        response = _error(e.code or 500, e.description or e.name)
+        response.headers.extend((k, v) for k, v in e.get_headers() if k.lower() != "content-type")  # e.g. 405's Allow
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception) -> Response:
@@ -72,9 +150,24 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
     return app
 
 
+def _body(limit: int) -> bytes:
+    """The request body, 413 if over the limit. A body sent without Content-Length (chunked) is cut at
+    the limit rather than refused, so look one byte past it: werkzeug raises 413 if there is more."""
+    data = request.get_data(cache=False)
+    if len(data) >= limit:
+        request.stream.read(1)
+    return data
+
+
 def _error(status: int, message: str) -> Response:
     response = jsonify({"error": message, "status": status, "requestId": logs.request_id.get()})
     response.status_code = status
+    return response
+
+
+def _unavailable(message: str) -> Response:
+    response = _error(503, message)
+    response.headers["Retry-After"] = "5"
     return response
 
 

@@ -1,4 +1,5 @@
-"""`cds-service serve | evaluate`: the production server, and one request through the same code path."""
+"""`cds-service serve | evaluate | db | report`: the production server, one request through the same code
+path, and the feedback database with its override report."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import jsonbody, logs, rulebook
+from . import auth, catalogue, jsonbody, logs, rulebook
 from .config import Settings
+from .cors import Cors, CorsConfigError
+from .feedback import commands as feedback_commands
+from .feedback.settings import ConfigError
+from .feedback.store import open_for_serving
 from .hooks import InvalidRequest
 from .service import CdsService, PreconditionFailed, UnknownService, utc_now
 
@@ -29,29 +34,58 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("request", type=Path, help="a CDS Hooks request body (JSON file)")
     evaluate.add_argument("--service", help="service id (default: the one for the request's hook)")
     evaluate.add_argument("--now", help="evaluate as of this time (ISO 8601), e.g. 2026-11-21T12:00:00Z")
+    rules = commands.add_parser("rules", help="print the rule catalogue (with site overrides applied)")
+    rules.add_argument("--markdown", action="store_true", help="as Markdown, for a P&T committee")
+    feedback_commands.add_commands(commands)
     args = parser.parse_args(argv)
     logs.setup(os.environ.get("CDS_LOG_LEVEL", "WARNING" if args.command == "evaluate" else "INFO"))
     if args.command == "serve":
         return _serve(args)
+    if args.command == "rules":
+        return _rules(args)
+    if args.command in feedback_commands.COMMANDS:
+        return feedback_commands.run(args)
     return _evaluate(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import run
+    from .server import run, share_metrics_between_workers
 
+    share_metrics_between_workers()
     settings = Settings.from_env()
+    try:  # checked here once, so a bad setting stops start-up instead of every worker
+        auth.from_settings(settings)
+        Cors(settings.cors_origins, settings.dev)
+        open_for_serving(settings.dev).close()  # also migrates the feedback schema once, before any worker
+    except (auth.AuthConfigError, CorsConfigError, ConfigError) as e:
+        log.error("cannot start: %s", e)
+        return 2
     if settings.dev:
         log.warning("DEVELOPMENT MODE (CDS_DEV=1): not for patient data; relaxed defaults in force")
+    if settings.auth == "off":
+        log.warning("AUTHENTICATION OFF (CDS_AUTH=off): ANY CALLER CAN QUERY THIS SERVICE; never use it with "
+                    "patient data or on a network others can reach")
+    if "*" in settings.cors_origins:
+        log.warning("CORS: any web page may call this service (CDS_CORS_ORIGINS=*, development mode only)")
     if settings.frozen_now:
         log.warning("CLOCK FROZEN by CDS_NOW: every 'recent' check uses a fixed time")
     run(args.host, args.port, args.workers, args.threads)
     return 0
 
 
+def _rules(args: argparse.Namespace) -> int:
+    try:
+        book = rulebook.load()
+    except rulebook.RulebookError as e:
+        return _fail(400, str(e))
+    sys.stdout.write(catalogue.markdown(book) if args.markdown else catalogue.text(book))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     now = _parse_time(args.now) if args.now else settings.frozen_now
-    service = CdsService(rulebook.load(), clock=(lambda: now) if now else utc_now)
+    service = CdsService(rulebook.load(), clock=(lambda: now) if now else utc_now, max_resources=settings.max_resources)
     try:
         body = jsonbody.loads(args.request.read_bytes(), settings.max_json_depth)
         service_id = args.service or _service_for(service, body)

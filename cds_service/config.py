@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -12,14 +13,32 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     max_json_depth: int = 64
     frozen_now: datetime | None = None  # a fixed clock for demos and tests, never for production
+    auth: str = "required"  # "required" or "off": secure unless someone says otherwise
+    trusted_issuers: Path | None = None  # JSON/YAML file of the EHRs whose JWTs are accepted
+    public_url: str | None = None  # base URL callers use; a token's aud must be this + the path called
+    jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; "*" only in development mode
+    max_resources: int = 5000  # FHIR resources one request may bring (draft orders + prefetch)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
         env = dict(os.environ if env is None else env)
         now = env.get("CDS_NOW")
+        dev = env.get("CDS_DEV", "") in ("1", "true", "yes")
         return cls(
-            dev=env.get("CDS_DEV", "") in ("1", "true", "yes"),
+            dev=dev,
             max_body_bytes=int(env.get("CDS_MAX_BODY_BYTES", cls.max_body_bytes)),
             max_json_depth=int(env.get("CDS_MAX_JSON_DEPTH", cls.max_json_depth)),
             frozen_now=datetime.fromisoformat(now.replace("Z", "+00:00")) if now else None,
+            auth=env.get("CDS_AUTH", cls.auth).strip().lower(),
+            trusted_issuers=Path(env["CDS_TRUSTED_ISSUERS"]) if env.get("CDS_TRUSTED_ISSUERS") else None,
+            public_url=env.get("CDS_PUBLIC_URL") or None,
+            jwt_algorithms=_words(env.get("CDS_JWT_ALGORITHMS")) or cls.jwt_algorithms,
+            cors_origins=_words(env.get("CDS_CORS_ORIGINS", "*" if dev else "")),
+            max_resources=int(env.get("CDS_MAX_RESOURCES", cls.max_resources)),
         )
+
+
+def _words(text: str | None) -> tuple[str, ...]:
+    """A list setting written with commas and/or spaces."""
+    return tuple(w for w in (text or "").replace(",", " ").split() if w)

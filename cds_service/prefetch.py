@@ -182,13 +182,30 @@ def resources_in(value: Any) -> list[dict[str, Any]]:
     if "resourceType" not in value and isinstance(value.get("resource"), dict):
         value = value["resource"]
     if value.get("resourceType") != "Bundle":
-        return [value]
+        return _readable([value])
+    entries = value.get("entry")
     found = []
-    for entry in value.get("entry") or ():
+    for entry in entries if isinstance(entries, list) else ():
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
             found.append(resource)
-    return found
+    return _readable(found)
+
+
+def _readable(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Resources with a type, and a status only where it is a string (a copy without it otherwise).
+
+    Every reader looks `resourceType` and `status` up in sets; anything but a string there is not FHIR,
+    and must make the resource read as invalid (reported like any other), not crash the call.
+    """
+    readable = []
+    for resource in resources:
+        if not isinstance(resource.get("resourceType"), str):
+            continue
+        if "status" in resource and not isinstance(resource["status"], str):
+            resource = {k: v for k, v in resource.items() if k != "status"}
+        readable.append(resource)
+    return readable
 
 
 def render(template: str, request: HookRequest) -> str | None:

@@ -2,7 +2,20 @@
 because the engine's C state must not be shared across processes."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+
+from . import rulebook
+
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+_TEMPORARY_METRICS_DIR = "CDS_METRICS_DIR_IS_TEMPORARY"
 
 
 class _Gunicorn(BaseApplication):
@@ -19,6 +32,56 @@ class _Gunicorn(BaseApplication):
 
         return create_app()
 
+    def run(self) -> None:
+        _CheckedReload(self).run()
+
+
+class _CheckedReload(Arbiter):
+    """SIGHUP reloads the rules by restarting the workers gracefully, but only after the new rules and
+    overrides have loaded cleanly here: a bad set is logged and the running workers keep serving."""
+
+    def handle_hup(self) -> None:
+        try:
+            book = rulebook.load()
+        except rulebook.RulebookError as e:
+            self.log.error("rules not reloaded, the running set stays: %s", e)
+            return
+        self.log.info("rules valid (%d rules); restarting workers to load them", len(book.rules))
+        super().handle_hup()
+
+
+def share_metrics_between_workers() -> None:
+    """Give the workers one directory for their metrics, emptied of any earlier run's samples.
+
+    Each gunicorn worker is its own process; prometheus_client's multiprocess mode has every worker
+    write its samples there and /metrics add them up. That mode is chosen when prometheus_client is
+    first imported, which the command-line module's own imports have already done: so when no
+    directory is configured, one is made and the command starts afresh (same process id) with it set.
+    """
+    configured = os.environ.get(METRICS_DIR)
+    if not configured:
+        os.environ[METRICS_DIR] = tempfile.mkdtemp(prefix="cds-service-metrics-")
+        os.environ[_TEMPORARY_METRICS_DIR] = "1"
+        os.execv(sys.executable, sys.orig_argv)
+    path = Path(configured)
+    if os.environ.pop(_TEMPORARY_METRICS_DIR, None):
+        atexit.register(_remove_made_dir, path, os.getpid())
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+
+
+def _remove_made_dir(path: Path, maker: int) -> None:
+    """Only the process that made the directory removes it; forked workers leave it alone."""
+    if os.getpid() == maker:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _worker_exited(server, worker) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
 
 def run(host: str, port: int, workers: int, threads: int) -> None:
     _Gunicorn({
@@ -30,4 +93,6 @@ def run(host: str, port: int, workers: int, threads: int) -> None:
         "accesslog": None,
         "timeout": 30,
         "graceful_timeout": 10,
+        "control_socket_disable": True,  # gunicorn >= 25.1 would open a management socket in $HOME
+        "child_exit": _worker_exited,
     }).run()

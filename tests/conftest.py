@@ -18,7 +18,7 @@ SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "fhir_examples"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)  # the clock every example is written against
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.postgres", "tests.stores", "tests.fhir_server"]
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +34,8 @@ def service(book: rulebook.Rulebook) -> CdsService:
 
 @pytest.fixture(scope="session")
 def client(service: CdsService):
-    """A Flask test client over the same service."""
-    return create_app(service, Settings()).test_client()
+    """A Flask test client over the same service, authentication off (tests/test_auth.py covers it)."""
+    return create_app(service, Settings(auth="off")).test_client()
 
 
 def load_json(path: Path) -> Any:

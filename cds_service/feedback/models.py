@@ -1,0 +1,74 @@
+"""The two tables: cards this service issued, and what clinicians did with them (feedback).
+
+Feedback is not a foreign key to issued cards on purpose: recording a card is best effort (it must never
+fail a hook call), and feedback about a card that was not recorded is still evidence worth keeping.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {"ix": "ix_%(table_name)s_%(column_0_name)s", "uq": "uq_%(table_name)s_%(column_0_name)s",
+          "pk": "pk_%(table_name)s"}
+
+
+class UtcDateTime(TypeDecorator):
+    """Aware UTC datetimes in and out on both back ends: SQLite keeps no zone, PostgreSQL converts to the
+    session's; comparisons and the idempotency key must not depend on either."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("a stored time must carry its time zone")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class IssuedCard(Base):
+    __tablename__ = "issued_cards"
+
+    card_uuid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(100))
+    hook: Mapped[str] = mapped_column(String(100))
+    rule_id: Mapped[str] = mapped_column(String(100))
+    indicator: Mapped[str] = mapped_column(String(16))
+    patient_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256, hex: never the patient id itself
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("card_uuid", "outcome", "outcome_at", name="uq_feedback_once"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    service_id: Mapped[str] = mapped_column(String(100))
+    card_uuid: Mapped[str] = mapped_column(String(255), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    outcome_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON)
+    reason_system: Mapped[str | None] = mapped_column(String(255))
+    reason_code: Mapped[str | None] = mapped_column(String(255))
+    reason_display: Mapped[str | None] = mapped_column(String(255))
+    user_comment: Mapped[str | None] = mapped_column(Text)  # free text: may name a patient; never reported
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+metadata = Base.metadata

@@ -1,0 +1,218 @@
+"""The feedback database: SQLite by default, PostgreSQL when CDS_DATABASE_URL says so.
+
+Two promises. Feedback answered 200 is on disk: each POST is one committed transaction (SQLite in WAL
+mode with synchronous=FULL; PostgreSQL commits synchronously). A retried POST is stored once: a unique
+key on card, outcome and outcomeTimestamp, with inserts that skip what is already there.
+Database trouble becomes StoreUnavailable, which the web app turns into 503 so the EHR retries.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from prometheus_client import Counter
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, inspect, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from .body import FeedbackItem
+from .models import Feedback, IssuedCard
+from .settings import ConfigError, StoreSettings
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).with_name("migrations")
+MIGRATION_LOCK = 0x63643230  # PostgreSQL advisory lock: instances starting together migrate one at a time
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+# Lock waits fail fast so a hook call never hangs on the store; reports may take longer.
+PG_OPTIONS = "-c TimeZone=UTC -c lock_timeout=2000 -c statement_timeout=30000"
+SQLITE_BUSY_TIMEOUT_S = 5.0
+Clock = Callable[[], datetime]
+UNRECORDED = Counter("cds_issued_cards_unrecorded_total",
+                     "Hook calls whose cards could not be recorded in the feedback store (cards were still sent)",
+                     ["service"])  # labelled, so no sample file exists before a worker counts one
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or did not answer in time: retry later (HTTP 503)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Store:
+    def __init__(self, settings: StoreSettings, clock: Clock = utc_now) -> None:
+        self.settings = settings
+        self.engine = _engine(settings.database_url)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._schema_ready = False
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One committed transaction on the current schema; database trouble becomes StoreUnavailable."""
+        if not self._schema_ready:  # a store that was down at start-up gets its migrations now
+            self.upgrade()
+        with self._transaction() as connection:
+            yield connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        except UNAVAILABLE as e:
+            raise StoreUnavailable(type(getattr(e, "orig", None) or e).__name__) from e
+
+    def check(self) -> None:
+        """Readiness: raises StoreUnavailable unless the database answers."""
+        with self._transaction() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def upgrade(self) -> str:
+        """Bring the schema to the newest migration; returns it. Alembic runs (and logs) only when a
+        migration is due, so the workers' start-up check is quiet and quick."""
+        head = ScriptDirectory(str(MIGRATIONS)).get_current_head() or ""
+        with self._lock, self._transaction() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK})
+            if _revision(connection) != head:
+                config = Config()
+                config.set_main_option("script_location", str(MIGRATIONS))
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        self._schema_ready = True
+        return head
+
+    def record_cards(self, service_id: str, hook: str, patient_id: str, cards: Sequence[dict[str, Any]],
+                     at: datetime | None = None) -> None:
+        """Remember which rule made each card, so feedback can be tied to it. Best effort: a failure is
+        logged (without patient data) and counted, and never reaches the clinician's hook call."""
+        if not cards:
+            return
+        try:
+            patient_hash = self._patient_hash(patient_id)
+            rows = [{"card_uuid": c["uuid"], "service_id": service_id, "hook": hook,
+                     "rule_id": c["source"]["topic"]["code"], "indicator": c["indicator"],
+                     "patient_hash": patient_hash, "issued_at": at or self.clock()} for c in cards]
+            with self.transaction() as connection:
+                _insert_new(connection, IssuedCard.__table__, rows)
+        except Exception as e:  # noqa: BLE001 - whatever went wrong, the hook call must still be answered
+            UNRECORDED.labels(service_id).inc()
+            log.error("issued cards not recorded", extra={"fields": {"error": type(e).__name__, "cards": len(cards)}})
+
+    def save_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> None:
+        """Store a POST's feedback in one transaction; items already stored (a retry) are skipped."""
+        received = self.clock()
+        rows = list({(i.card, i.outcome, i.outcome_at): _feedback_row(service_id, i, received) for i in items}.values())
+        if rows:
+            with self.transaction() as connection:
+                _insert_new(connection, Feedback.__table__, rows)
+
+    def prune(self) -> tuple[datetime, int, int]:
+        """Delete cards and feedback older than the retention period: (cutoff, cards, feedback) deleted."""
+        cutoff = self.clock() - timedelta(days=self.settings.retention_days)
+        with self.transaction() as connection:
+            cards = connection.execute(delete(IssuedCard).where(IssuedCard.issued_at < cutoff)).rowcount
+            feedback = connection.execute(delete(Feedback).where(Feedback.received_at < cutoff)).rowcount
+        return cutoff, cards, feedback
+
+    def _patient_hash(self, patient_id: str) -> str:
+        if self.settings.patient_hash_key is None:
+            raise ConfigError("no patient hash key")
+        return hmac.new(self.settings.patient_hash_key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+
+def open_for_serving(dev: bool) -> Store:
+    """The web app's store, its schema brought up to date now; if the database is down, on first use."""
+    store = Store(StoreSettings.from_env(dev))
+    try:
+        store.upgrade()
+    except StoreUnavailable as e:
+        log.error("feedback database unreachable at start-up; feedback answers 503 until it is back",
+                  extra={"fields": {"error": str(e)}})
+    return store
+
+
+def _revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _feedback_row(service_id: str, item: FeedbackItem, received: datetime) -> dict[str, Any]:
+    reason = item.reason
+    return {"service_id": service_id, "card_uuid": item.card, "outcome": item.outcome,
+            "outcome_at": item.outcome_at, "accepted_suggestions": list(item.accepted_suggestions),
+            "reason_system": reason.system if reason else None, "reason_code": reason.code if reason else None,
+            "reason_display": reason.display if reason else None, "user_comment": item.comment,
+            "received_at": received}
+
+
+def _insert_new(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    connection.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+
+
+def database_url(url: str) -> URL:
+    """postgres:// and postgresql:// mean psycopg 3 here, the one PostgreSQL driver this package installs."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url.removeprefix("postgres://")
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("CDS_DATABASE_URL is not a database URL (sqlite:///PATH or postgresql://...)") from None
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
+
+
+def _engine(url: str) -> Engine:
+    parsed = database_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend == "postgresql":
+        options = " ".join(o for o in (PG_OPTIONS, parsed.query.get("options")) if isinstance(o, str))
+        connect_args: dict[str, Any] = {"options": options}
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = 3
+        return create_engine(parsed, pool_pre_ping=True, pool_timeout=5, connect_args=connect_args)
+    raise ConfigError(f"CDS_DATABASE_URL: {backend!r} is not supported; use sqlite:///PATH or postgresql://...")
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    if not url.database or url.database == ":memory:":
+        raise ConfigError("CDS_DATABASE_URL: SQLite needs a file (e.g. sqlite:///var/cds.db); memory loses feedback")
+    try:
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"CDS_DATABASE_URL: cannot create the folder of {url.database}: {e.strerror}") from None
+    engine = create_engine(url, connect_args={} if "timeout" in url.query else {"timeout": SQLITE_BUSY_TIMEOUT_S})
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+    return engine
+
+
+def _sqlite_connect(connection: Any, _record: Any) -> None:
+    """WAL lets reports read while feedback is written; synchronous=FULL makes a commit survive power loss.
+    The driver's own transaction handling is switched off for SQLAlchemy's BEGIN, so that migrations,
+    DDL included, are atomic."""
+    connection.isolation_level = None
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()

