@@ -110,9 +110,9 @@ def _row(fact: dict[str, Any]) -> str:
     if "result" in fact:
         return f"| {fact['label']} | {fact['result']} | {fact['date']} | | |"
     limit, times = "", ""
-    if "uln_text" in fact:
+    if fact.get("limit_used") == "high" and "uln_text" in fact:
         limit, times = f"upper {fact['uln_text']} ({fact['range_source']})", fact["x_uln_text"]
-    elif "lln_text" in fact:
+    elif fact.get("limit_used") == "low" and "lln_text" in fact:
         limit = f"lower {fact['lln_text']} ({fact['range_source']})"
     return f"| {fact['label']} | {fact['value_text']} | {fact['date']} | {limit} | {times} |"
 

@@ -101,13 +101,14 @@ class FactBuilder:
         if default == "low" and low is None:
             low, source = self._rulebook.thresholds["igg"]["lln_mg_dl"], "the default limit"
         shown = f"{_num(lab.value)} {lab.unit}"  # lab.unit is the family's display form (units.yaml)
-        fact.update(value=round(lab.value, 6), unit=lab.unit, range_source=source,
+        fact.update(value=round(lab.value, 9), unit=lab.unit, range_source=source,
                     value_text=f"{shown} (reported as {lab.original})" if lab.original else shown)
         if high:
-            fact.update(uln=high, uln_text=f"{_num(high)} {lab.unit}", x_uln=round(lab.value / high, 6),
-                        x_uln_text=f"{lab.value / high:.1f} ×")
+            fact.update(uln=high, uln_text=f"{_num(high)} {lab.unit}", x_uln=round(lab.value / high, 9),
+                        x_uln_text=f"{lab.value / high:.2f} ×")
         if low is not None:
             fact.update(lln=low, lln_text=f"{_num(low)} {lab.unit}", below_lln=lab.value < low)
+        fact["limit_used"] = default or ""  # which limit the rules compare this analyte with, for the card
         return fact
 
     def _unreadable_fact(self, bad: Unreadable) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class LabReader:
         loinc = valuesets["systems"]["loinc"]
         self._analytes = valuesets["analytes"]
         self._by_code = {(loinc, code): name for name, a in self._analytes.items() for code in a["loinc"]}
-        self._answers = _answer_table(valuesets["qualitative"])
+        self._answers = _answer_table(valuesets["qualitative"], valuesets["systems"])
         self._units = units
 
     def analyte_of(self, resource: dict[str, Any]) -> str | None:
@@ -81,19 +81,18 @@ class LabReader:
         q = obs.valueQuantity
         if q is None or q.value is None:
             return Unreadable(analyte, when, "has no numeric value")
-        if q.comparator:
-            return Unreadable(analyte, when, f"is reported as a bound ({q.comparator}), not a value")
         family = self._analytes[analyte]["units"]
         unit = q.code if q.code and q.system == "http://unitsofmeasure.org" else (q.unit or q.code)
         try:
-            value = self._units.to_canonical(family, float(q.value), unit)
+            value = self._units.to_canonical(family, _bound(float(q.value), q.comparator), unit)
         except UnknownUnit:
             return Unreadable(analyte, when, f"is in a unit the service does not know ({unit or 'none'})")
         low, high = self._range(obs, family)
         return LabResult(
             analyte, when, obs.status, value=value, unit=self._units.canonical(family),
             low=low, high=high, range_source="the result's reference range" if (low, high) != (None, None) else "",
-            original="" if self._units.is_canonical(family, unit) else f"{_number(float(q.value))} {q.unit or unit}",
+            original="" if self._units.is_canonical(family, unit) and not q.comparator
+            else f"{q.comparator or ''}{_number(float(q.value))} {q.unit or unit}",
         )
 
     def _range(self, obs: Observation, family: str) -> tuple[float | None, float | None]:
@@ -117,12 +116,14 @@ class LabReader:
 
     def _answer(self, obs: Observation, kind: str) -> str | None:
         if obs.valueCodeableConcept:
-            for coding in obs.valueCodeableConcept.coding or ():
-                if coding.code in self._answers["code"]:
-                    return self._answers["code"][coding.code]
-            found = self._word(obs.valueCodeableConcept.text)
-            if found:
-                return found
+            codings = obs.valueCodeableConcept.coding or ()
+            for coding in codings:
+                if (coding.system, coding.code) in self._answers["code"]:
+                    return self._answers["code"][(coding.system, coding.code)]
+            for text in [obs.valueCodeableConcept.text] + [c.display for c in codings]:
+                found = self._word(text)
+                if found:
+                    return found
         if obs.valueString:
             found = self._word(obs.valueString)
             if found:
@@ -141,10 +142,18 @@ class LabReader:
         return self._answers["word"].get(" ".join(text.lower().split())) if text else None
 
 
-def _answer_table(qualitative: dict[str, Any]) -> dict[str, dict[str, str]]:
-    table: dict[str, dict[str, str]] = {"code": {}, "interpretation": {}, "word": {}}
+def _bound(value: float, comparator: str | None) -> float:
+    """A value reported as a bound ("<0.5", ">1000"), read as just past the bound: "<0.5" is below any
+    threshold at 0.5 or above, and ">1000" above any at 1000 or below. The card shows the bound as sent."""
+    nudge = max(abs(value), 1.0) * 1e-7  # survives the rounding to 9 decimals in facts.py
+    return {"<": value - nudge, ">": value + nudge}.get(comparator or "", value)
+
+
+def _answer_table(qualitative: dict[str, Any], systems: dict[str, str]) -> dict[str, dict[Any, str]]:
+    table: dict[str, dict[Any, str]] = {"code": {}, "interpretation": {}, "word": {}}
     for answer, forms in qualitative.items():
-        table["code"].update({c: answer for c in forms["snomed"]})
+        table["code"].update({(systems["snomed"], c): answer for c in forms["snomed"]})
+        table["code"].update({(systems["loinc"], c): answer for c in forms.get("loinc", ())})
         table["interpretation"].update({c: answer for c in forms["interpretation"]})
         table["word"].update({w: answer for w in forms["words"]})
     return table

@@ -149,7 +149,7 @@ class CdsService:
         chosen = drafts
         if request.hook == "order-select":
             selected = set(request.context["selections"])
-            chosen = [r for r in drafts if f"{r.get('resourceType')}/{r.get('id')}" in selected]
+            chosen = [r for r in drafts if _selected(r, selected)]
             if len(chosen) < len(selected):
                 log.info("selections not found in draftOrders were skipped",
                          extra={"fields": {"skipped": len(selected) - len(chosen)}})
@@ -165,6 +165,11 @@ class CdsService:
             if vaccine:
                 orders.vaccines.append(vaccine)
         return orders
+
+
+def _selected(resource: dict[str, Any], selections: set[str]) -> bool:
+    """Named by a selection: "MedicationRequest/1" as the spec says, or a bare "1" as some clients send."""
+    return f"{resource.get('resourceType')}/{resource.get('id')}" in selections or resource.get("id") in selections
 
 
 def _index_resources(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -180,8 +180,6 @@ def test_igg_is_low_strictly_below_its_lower_limit(ask, value, lln, low):
         assert source in cards["igg-low"]["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason="cards.py shows the upper limit in the igg-low detail table when the "
-                                       "result's range has both limits, not the lower limit the rule used")
 def test_a_low_igg_card_shows_the_lower_limit_it_used(ask):
     cards = ask(labs=[fb.lab(IGG, 550, "mg/dL", low=600, high=1600)])
     assert "lower 600 mg/dL (the result's reference range)" in cards["igg-low"]["detail"]
