@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -23,6 +24,13 @@ log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
+def build_service(settings: Settings, now: datetime | None = None) -> CdsService:
+    """The service as configured: rules from rules/ (+ overrides), fetching from fhirServer when needed."""
+    fixed = now or settings.frozen_now
+    return CdsService(rulebook.load(), fetcher=FhirFetcher(FetchSettings.from_env()),
+                      clock=(lambda: fixed) if fixed else utc_now, max_resources=settings.max_resources)
+
+
 def create_app(service: CdsService | None = None, settings: Settings | None = None,
                verifier: auth.Verifier | None = None, store: Store | None = None) -> Flask:
     """The WSGI app; raises AuthConfigError, CorsConfigError or feedback ConfigError when settings are unusable."""
@@ -30,10 +38,7 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
     verifier = verifier or auth.from_settings(settings)
     cors = Cors(settings.cors_origins, settings.dev)
     description = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
-    if service is None:
-        clock = (lambda: settings.frozen_now) if settings.frozen_now else utc_now
-        service = CdsService(rulebook.load(), fetcher=FhirFetcher(FetchSettings.from_env()), clock=clock,
-                             max_resources=settings.max_resources)
+    service = service or build_service(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cds"] = service

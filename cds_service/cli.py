@@ -11,13 +11,14 @@ from datetime import datetime
 from pathlib import Path
 
 from . import auth, catalogue, jsonbody, logs, rulebook
+from .app import build_service
 from .config import Settings
 from .cors import Cors, CorsConfigError
 from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
 from .feedback.store import open_for_serving
 from .hooks import InvalidRequest
-from .service import CdsService, PreconditionFailed, UnknownService, utc_now
+from .service import CdsService, PreconditionFailed, UnknownService
 
 log = logging.getLogger("cds_service")
 
@@ -85,7 +86,7 @@ def _rules(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     now = _parse_time(args.now) if args.now else settings.frozen_now
-    service = CdsService(rulebook.load(), clock=(lambda: now) if now else utc_now, max_resources=settings.max_resources)
+    service = build_service(settings, now)  # the same service the HTTP app serves, fetcher included
     try:
         body = jsonbody.loads(args.request.read_bytes(), settings.max_json_depth)
         service_id = args.service or _service_for(service, body)

@@ -122,7 +122,8 @@ class FactBuilder:
         if key == "patient":
             return []  # only sex is read, to pick a default limit; the card says when it was unknown
         if key == "labs":
-            return [{"kind": "unavailable", "analyte": analyte, "what": "the lab record", "reason": reason}
+            what = "the lab results (HBV serology, IgG, liver tests, blood counts)"
+            return [{"kind": "unavailable", "analyte": analyte, "what": what, "reason": reason}
                     for analyte in self._analytes]
         return [{"kind": "unavailable", "analyte": f"prefetch:{key}", "what": GAP_SUBJECTS.get(key, key),
                  "reason": reason}]
