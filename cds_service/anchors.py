@@ -98,11 +98,12 @@ class Anchors:
         since = _since(last.when, now)
         fact.update(phase="maintenance", phase_text="ongoing therapy", **since)
         regimen = last.product.data["regimen"]
-        if regimen.get("next_dose_reminder") and regimen.get("interval_days"):
-            due_in = regimen["interval_days"] - since["days_since_last_dose"]
+        given = sum(1 for d in doses if d.product.ingredient == last.product.ingredient)
+        due_after = _step(regimen.get("due_after_days") or [None], given)
+        if regimen.get("next_dose_reminder") and due_after:
+            due_in = due_after - since["days_since_last_dose"]
             fact.update(next_dose_due_in_days=due_in, next_dose_overdue_days=max(0, -due_in),
-                        next_dose_date=datetime.fromordinal(last.when.toordinal() + regimen["interval_days"])
-                        .date().isoformat())
+                        next_dose_date=datetime.fromordinal(last.when.toordinal() + due_after).date().isoformat())
         return fact
 
     def _product_fact(self, product: Product, about: str, hook: str) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def _dose_check(resource: dict[str, Any], product: Product, prior: int) -> dict[
     expected_doses = product.data["regimen"].get("doses_mg")
     if not expected_doses:
         return {}
-    expected = expected_doses[min(prior, len(expected_doses) - 1)]
+    expected = _step(expected_doses, prior)
     mg, unit = dose(resource, product.data["regimen"].get("mg_per_ml"))
     if mg is None and unit is None:
         return {}
@@ -172,11 +173,15 @@ def _dose_check(resource: dict[str, Any], product: Product, prior: int) -> dict[
 
 
 def _interval_check(product: Product, prior: int, days: int) -> dict[str, Any]:
-    minimums = product.data["regimen"].get("min_days") or [None]
-    minimum = minimums[min(prior, len(minimums) - 1)]
+    minimum = _step(product.data["regimen"].get("min_days") or [None], prior)
     if minimum is None:
         return {}
     return {"min_days_since_last": minimum, "interval_short": days < minimum}
+
+
+def _step(steps: list[Any], doses_given: int) -> Any:
+    """The regimen's value for the dose after `doses_given` earlier ones; the last entry repeats."""
+    return steps[min(doses_given, len(steps) - 1)]
 
 
 def _reaction(product: Product, reactions: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,12 +3,13 @@
 A caller is let in only when its token is signed (ES384 or RS384 by default, never `none` or HMAC) by
 a key of a configured issuer, is meant for the exact URL called (`aud`, built from the configured
 public base URL, never from the Host header, which the caller controls), is current, and has not
-been used before. Key sets come from the issuer's configuration; a token's `jku` is followed only if
+been used before, at any worker or instance sharing the feedback database. Key sets come from the issuer's configuration; a token's `jku` is followed only if
 that URL is on the issuer's allow-list. Why a token failed goes to the log, never to the caller.
 """
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ class Unauthorized(Exception):
     """The call is refused (401); the message is for the log and never holds the token."""
 
 
+class ReplayCacheUnavailable(Exception):
+    """A valid token whose id could not be checked against the replay cache: the call is refused, since
+    accepting it could accept a replay, but with 503 and Retry-After rather than 401, because the token
+    is fine and the same token sent again is accepted once the cache answers (it was not recorded)."""
+
+
 @dataclass(frozen=True)
 class Issuer:
     iss: str
@@ -63,23 +70,26 @@ class Caller:
 
 
 class ReplayCache(Protocol):
-    """Token ids seen and not yet expired; shared across workers when a shared store implements it."""
+    """Token ids seen and not yet expired; the service's is the feedback database's (feedback/replay.py),
+    which every worker and instance shares."""
 
-    def first_use(self, key: str, expires_at: float, now: float) -> bool:
-        """Record key until expires_at; False if it was already recorded and has not expired."""
+    def first_use(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
+        """Record the issuer's token id until expires_at, atomically; False if it was already recorded and
+        has not expired. Raises ReplayCacheUnavailable when it cannot tell."""
         ...
 
 
 class MemoryReplayCache:
-    """One process's memory: enough for one worker; several workers need a shared store."""
+    """One process's memory: for verifiers without a database (tests); several workers need a shared one."""
 
     def __init__(self, sweep_every: float = 60.0) -> None:
-        self._seen: dict[str, float] = {}
+        self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._sweep_every = sweep_every
         self._next_sweep = 0.0
 
-    def first_use(self, key: str, expires_at: float, now: float) -> bool:
+    def first_use(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
+        key = (iss, jti)
         with self._lock:
             if now >= self._next_sweep:
                 self._seen = {k: t for k, t in self._seen.items() if t > now}
@@ -120,9 +130,9 @@ class Verifier:
             raise Unauthorized(f"token rejected ({type(e).__name__})") from None
         expires_at = self._check_times(claims)
         jti = claims["jti"]
-        if not isinstance(jti, str) or not jti or len(jti) > 256:
+        if not isinstance(jti, str) or not jti or len(jti) > 256 or not jti.isprintable():  # storable: no NUL
             raise Unauthorized("jti is not a usable token id")
-        if not self.replay.first_use(f"{issuer.iss}\n{jti}", expires_at, self.clock()):
+        if not self.replay.first_use(issuer.iss, jti, expires_at, self.clock()):
             raise Unauthorized("token replayed (jti already used)")
         tenant = claims.get("tenant")
         return Caller(issuer, tenant if isinstance(tenant, str) else None)
@@ -150,17 +160,24 @@ class Verifier:
 
     def _check_times(self, claims: dict[str, Any]) -> float:
         exp, iat, now = claims["exp"], claims["iat"], self.clock()
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (exp, iat)):
+        if not all(_is_time(v) for v in (exp, iat)):
             raise Unauthorized("exp and iat must be numbers")
         if now > exp + LEEWAY_SECONDS:
             raise Unauthorized("token expired")
         if iat > now + LEEWAY_SECONDS:
             raise Unauthorized("token issued in the future (iat)")
-        if isinstance(claims.get("nbf"), (int, float)) and claims["nbf"] > now + LEEWAY_SECONDS:
+        if _is_time(claims.get("nbf")) and claims["nbf"] > now + LEEWAY_SECONDS:
             raise Unauthorized("token not yet valid (nbf)")
         if exp - now > MAX_LIFETIME_SECONDS:
             raise Unauthorized(f"token valid for more than {MAX_LIFETIME_SECONDS} s from now")
         return exp + LEEWAY_SECONDS
+
+
+def _is_time(value: Any) -> bool:
+    """Seconds since the epoch; NaN would compare as never expired, and JSON parsers accept it."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _bearer_token(authorization: str | None) -> str:
@@ -179,8 +196,10 @@ def _unverified(read: Callable[[str], dict[str, Any]], token: str) -> dict[str, 
         raise Unauthorized(f"not a readable JWT ({type(e).__name__})") from None
 
 
-def from_settings(settings: Settings, clock: Callable[[], float] = time.time) -> Verifier | None:
-    """The verifier the settings ask for; None when authentication is off; AuthConfigError if unusable."""
+def from_settings(settings: Settings, clock: Callable[[], float] = time.time,
+                  replay: ReplayCache | None = None) -> Verifier | None:
+    """The verifier the settings ask for, remembering token ids in `replay` (else in this process's
+    memory); None when authentication is off; AuthConfigError if unusable."""
     if settings.auth == "off":
         return None
     if settings.auth != "required":
@@ -199,7 +218,7 @@ def from_settings(settings: Settings, clock: Callable[[], float] = time.time) ->
         raise AuthConfigError(f"CDS_JWT_ALGORITHMS may name only {sorted(ASYMMETRIC_ALGORITHMS)}, not {bad}")
     keys = jwks.KeyStore()
     issuers = load_issuers(settings.trusted_issuers, keys)
-    return Verifier(issuers, settings.public_url, keys, settings.jwt_algorithms, clock=clock)
+    return Verifier(issuers, settings.public_url, keys, settings.jwt_algorithms, replay=replay, clock=clock)
 
 
 def load_issuers(path: Path, keys: jwks.KeyStore) -> dict[str, Issuer]:

@@ -6,6 +6,7 @@ The facts about what is being ordered (the rules' anchor) are built in anchors.p
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,7 @@ from .units import Units
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
 ACTIVE_MEDICATION = {"MedicationRequest": {"active", "draft"}, "MedicationStatement": {"active", "intended"}}
+EVERY_RESULT_CAP = 50  # newest results kept for analytes where any recent one counts (temperature)
 DEFAULT_LIMITS = {"alt": "high", "ast": "high", "alp": "high", "bilirubin": "high", "igg": "low"}
 GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose history",
                 "medications": "the medication list", "allergies": "the allergy list",
@@ -83,8 +85,8 @@ class FactBuilder:
             for bad in found:
                 if isinstance(bad, Unreadable) and (latest is None or bad.when is None or bad.when > latest.when):
                     facts.append(self._unreadable_fact(bad))
-            if latest:
-                facts.append(self._lab_fact(latest, sex, now))
+            keep = usable[:EVERY_RESULT_CAP] if self._analytes[analyte].get("every_result") else usable[:1]
+            facts += [self._lab_fact(lab, sex, now) for lab in keep]
         return facts
 
     def _lab_fact(self, lab: LabResult, sex: str, now: datetime) -> dict[str, Any]:
@@ -145,8 +147,9 @@ class FactBuilder:
             if _is_active(condition) or (history_counts and _is_confirmed(condition)):
                 since = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None) \
                     or condition.recordedDate
+                label = self._rulebook.valuesets["conditions"][group]["label"]
                 facts.append({"kind": "condition", "group": group, "status": _first_code(condition.clinicalStatus) or "active",
-                              "display": condition.code.text or _first_display(condition.code) or group,
+                              "display": condition.code.text or _first_display(condition.code) or label,
                               **(_age(as_datetime(since), now) if since else {"age_days": 0, "date": "unknown"})})
         return facts
 
@@ -178,8 +181,9 @@ class FactBuilder:
                     _first_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
                 continue
             if self._severe(allergy):
-                facts.append({"kind": "reaction", "substance": substance.what, "severe": True,
-                              "display": allergy.code.text if allergy.code and allergy.code.text else substance.text})
+                display = (allergy.code.text if allergy.code and allergy.code.text else None) \
+                    or _first_display(allergy.code) or substance.what
+                facts.append({"kind": "reaction", "substance": substance.what, "severe": True, "display": display})
         return facts
 
     def _severe(self, allergy: AllergyIntolerance) -> bool:
@@ -230,9 +234,11 @@ class FactBuilder:
 
 
 def _age(when: datetime, now: datetime) -> dict[str, Any]:
+    """Age in whole days (a result from this morning is 0 days old) and in started hours (72 h 30 min is
+    73 h, so an hourly window such as fever's 72 h is never overstretched)."""
     seconds = max(0.0, (now - when).total_seconds())
     return {"date": when.date().isoformat(), "day": when.toordinal(), "age_days": int(seconds // 86400),
-            "age_hours": int(seconds // 3600)}
+            "age_hours": math.ceil(seconds / 3600)}
 
 
 def _is_active(condition: Condition) -> bool:

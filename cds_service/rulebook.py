@@ -77,9 +77,14 @@ def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebo
     rule_overrides = site.get("rules", {})
     known = {r["id"] for r in data["rules"]}
     for rule_id, change in rule_overrides.items():
+        where = f"overrides: rules.{rule_id}"
         if rule_id not in known:
-            raise RulebookError(f"overrides: rules.{rule_id}: no such rule")
-        _check_keys(change, {"enabled", "indicator"}, f"overrides: rules.{rule_id}")
+            raise RulebookError(f"{where}: no such rule")
+        _check_keys(change, {"enabled", "indicator"}, where)
+        if "enabled" in change and not isinstance(change["enabled"], bool):
+            raise RulebookError(f"{where}.enabled: expected true or false, got {change['enabled']!r}")
+        if "indicator" in change and change["indicator"] not in INDICATOR_RANK:
+            raise RulebookError(f"{where}.indicator: expected info, warning or critical, got {change['indicator']!r}")
     valuesets = _read(rules_dir / "valuesets.yaml")
     sources = data["sources"]
     rules, ruleset = {}, {}
@@ -124,15 +129,27 @@ def _merge(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
             raise RulebookError(f"overrides: {path}: no such setting")
         if isinstance(base[key], dict):
             merged[key] = _merge(base[key], value, path)
-        elif isinstance(value, dict) or type(value) is not type(base[key]) and not _numbers(value, base[key]):
-            raise RulebookError(f"overrides: {path}: expected {type(base[key]).__name__}, got {value!r}")
+        elif not _same_kind(value, base[key]):
+            raise RulebookError(f"overrides: {path}: expected a value like {base[key]!r}, got {value!r}")
         else:
             merged[key] = value
     return merged
 
 
-def _numbers(a: Any, b: Any) -> bool:
-    return all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))
+def _same_kind(value: Any, base: Any) -> bool:
+    """An override must look like what it replaces: numbers for numbers, lists of the same kinds of items."""
+    if isinstance(base, list):
+        kinds = {_kind(item) for item in base}
+        return isinstance(value, list) and bool(value) and all(_kind(item) in kinds for item in value)
+    return _kind(value) == _kind(base) or (base is None and _kind(value) == "number")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return "null" if value is None else type(value).__name__
 
 
 def threshold(thresholds: dict[str, Any], ref: Any) -> Any:
@@ -159,7 +176,8 @@ def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, th
     for n, v in enumerate(raw["variants"]):
         indicator = indicator_override or threshold(thresholds, v["indicator"])
         if indicator not in INDICATOR_RANK:
-            raise RulebookError(f"{rule_id}: indicator {indicator!r} is not info, warning or critical")
+            raise RulebookError(f"rules.{rule_id}.variants[{n}].indicator: {indicator!r} is not info, warning "
+                                "or critical (check the threshold it names)")
         patterns = {k: v[k] for k in ("order", "when", "unless") if k in v}
         variants.append(Variant(f"{rule_id}#{n}", rule_id, indicator, v["summary"], patterns))
     return Rule(

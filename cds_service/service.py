@@ -128,6 +128,8 @@ class CdsService:
         therapy = therapy_fact(doses, now)
         if therapy:
             facts.append(therapy)
+        for drug in orders.drugs if orders else ():
+            facts.append({"kind": "pending_order", "short": drug.product.data["short"]})
         if orders is None:
             anchor = rules.anchors.therapy(doses, request.hook, now)
             return rules.engine.evaluate(anchor, facts) if anchor else []

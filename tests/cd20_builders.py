@@ -48,10 +48,10 @@ def named(text: str) -> dict[str, Any]:
 
 
 def order(medication: dict[str, Any], *, rid: str = "order-1", dose: tuple[float, str] | None = None,
-          route: dict[str, Any] | None = None, status: str = "draft") -> dict[str, Any]:
+          route: dict[str, Any] | None = None) -> dict[str, Any]:
     """A draft MedicationRequest; `dose` as (value, UCUM unit), `route` a CodeableConcept."""
     resource: dict[str, Any] = {
-        "resourceType": "MedicationRequest", "id": rid, "status": status, "intent": "order",
+        "resourceType": "MedicationRequest", "id": rid, "status": "draft", "intent": "order",
         "medicationCodeableConcept": medication, "subject": {"reference": f"Patient/{fb.PATIENT_ID}"},
         "authoredOn": NOW.date().isoformat(),
     }

@@ -67,7 +67,8 @@ def postgres() -> Iterator[PostgresServer]:
             yield server
         return
     url = make_url(DEFAULT_URL if choice == "auto" else choice)
-    yield PostgresServer(url.host or "127.0.0.1", url.port or 5432, url.username or "postgres", url.database or "postgres")
+    yield PostgresServer(url.host or "127.0.0.1", url.port or 5432, url.username or "postgres",
+                         url.database or "postgres")
 
 
 def _answers(url: str) -> bool:

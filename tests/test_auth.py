@@ -17,9 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cds_service import auth, jwks
 from cds_service.app import create_app
@@ -158,6 +160,38 @@ def test_hs256_signed_with_the_public_key_is_refused(app_client, ehr):
     signature = hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest()
     token = f"{signing_input}.{_b64(signature)}"
     _assert_refused(app_client.get(DISCOVERY, headers={"Authorization": f"Bearer {token}"}))
+
+
+def _signed(ehr: SigningEhr, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A token with exactly this header and these claims, whatever their types, validly signed."""
+    signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}"
+    algorithm = jwt.algorithms.get_default_algorithms()[ehr.alg]
+    return f"{signing_input}.{_b64(algorithm.sign(signing_input.encode(), ehr.private_key))}"
+
+
+def test_a_validly_signed_token_with_nan_expiry_is_refused(app_client, ehr):
+    claims = {**ehr.claims(PUBLIC_URL + DISCOVERY), "exp": float("nan")}
+    token = _signed(ehr, {"alg": ehr.alg, "kid": ehr.kid}, claims)
+    _assert_refused(app_client.get(DISCOVERY, headers={"Authorization": f"Bearer {token}"}))
+
+
+ODD_VALUES = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8)
+              | st.lists(st.text(max_size=4), max_size=2)
+              | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@given(claims=st.dictionaries(st.sampled_from(["iss", "aud", "exp", "iat", "nbf", "jti", "tenant"]), ODD_VALUES),
+       header=st.dictionaries(st.sampled_from(["kid", "jku", "typ", "crit", "alg"]), ODD_VALUES))
+def test_odd_claim_and_header_values_in_a_signed_token_give_a_caller_or_unauthorized(issuers, ehr, claims, header):
+    checker = verifier(issuers)
+    token = _signed(ehr, {"alg": ehr.alg, "kid": ehr.kid, **header},
+                    {**ehr.claims(PUBLIC_URL + DISCOVERY), **claims})
+    try:
+        caller = checker.verify(f"Bearer {token}", DISCOVERY)
+    except auth.Unauthorized:
+        return
+    assert caller.issuer.iss == ehr.iss
 
 
 def test_es384_token_naming_an_rsa_key_is_refused(app_client, ehr, rsa_ehr):

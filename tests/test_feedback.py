@@ -287,7 +287,8 @@ def test_prune_deletes_cards_and_feedback_older_than_the_retention_period(databa
     now = datetime.now(UTC)
     for name, days_ago in (("old", 40), ("recent", 20)):
         store = Store(settings, clock=lambda days_ago=days_ago: now - timedelta(days=days_ago))
-        store.record_cards("cd20-order-sign", "order-sign", "patient-1", [issued_card(f"{name}-card", "igg-missing", "warning")])
+        store.record_cards("cd20-order-sign", "order-sign", "patient-1",
+                           [issued_card(f"{name}-card", "igg-missing", "warning")])
         store.save_feedback("cd20-order-sign", feedback_body.parse({"feedback": [overridden(f"{name}-card")]}))
         store.close()
     code, out = run_cli(monkeypatch, capsys, database_url, "db", "prune", CDS_RETENTION_DAYS="30")
@@ -314,8 +315,9 @@ def test_the_report_counts_a_chosen_period_with_the_top_override_reasons(databas
     store = Store(StoreSettings(database_url=database_url, patient_hash_key=KEY.encode()))
     hbv = [issued_card(f"hbv-{i}", "hbv-screening-missing", "critical") for i in range(4)]
     store.record_cards("cd20-order-sign", "order-sign", "patient-1", hbv, at=march)
-    store.record_cards("cd20-order-sign", "order-sign", "patient-2", [issued_card("igg-march", "igg-missing", "warning")], at=march)
-    store.record_cards("cd20-order-sign", "order-sign", "patient-2", [issued_card("igg-may", "igg-missing", "warning")], at=may)
+    for name, at in (("igg-march", march), ("igg-may", may)):
+        store.record_cards("cd20-order-sign", "order-sign", "patient-2", [issued_card(name, "igg-missing", "warning")],
+                           at=at)
     elsewhere = {"code": "result-elsewhere", "system": OVERRIDE_SYSTEM}
     reviewed = {"code": "specialist-reviewed", "system": OVERRIDE_SYSTEM, "display": "Reviewed with a specialist"}
     items = [overridden("hbv-0", stamp(march), **elsewhere), overridden("hbv-1", stamp(march), **elsewhere),

@@ -26,11 +26,11 @@ from cds_service.fhir_client import FetchSettings, FhirFetcher
 from cds_service.service import CdsService
 from conftest import NOW
 from fhir_builders import ALT, HBSAG, bundle, cards_by_rule, hook_request, lab, patient, serology
-from tests.fhir_server import (SYNTHEA, SYNTHEA_BUNDLES, example_requests, prefetched_resources, synthea_resources,
-                         tenant_name)
+from tests.fhir_server import (SYNTHEA, SYNTHEA_BUNDLES, example_requests, prefetched_resources,
+                               synthea_resources, tenant_name)
 
 TOKEN_FIELD = "fhirAuthorization"
-PATIENT_MISSING = "hbv-screening-missing"  # fires when no HBV result exists: must not when labs were not read
+SCREENING_MISSING = "hbv-screening-missing"  # "no HBV result": must not be claimed when the labs were not read
 
 
 def app_with(book, **settings: Any):
@@ -74,16 +74,16 @@ def gap_text(found: dict[str, dict[str, Any]]) -> str:
 
 # --- a real FHIR server -----------------------------------------------------------------------------------
 
-FULL_PREFETCH = [(name, body) for name, body in example_requests()]
+EXAMPLES = dict(example_requests())
 
 
-@pytest.mark.parametrize("name", [name for name, _ in FULL_PREFETCH])
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_patient_gets_the_same_cards_fetched_as_prefetched(name, client, fhir_server, book):
     """Every example patient: no prefetch at all + fhirServer gives exactly the cards full prefetch gives.
 
     The server requires the token on every call (REQUIRE_TOKEN), so a call without it would be a 412.
     """
-    body = dict(FULL_PREFETCH)[name]
+    body = EXAMPLES[name]
     if not set(templates(client, body["hook"])) <= set(body["prefetch"]):
         pytest.skip("this example leaves prefetch keys out on purpose (it is about missing data)")
     tenant = tenant_name(name)
@@ -181,7 +181,7 @@ def test_paging_stops_at_the_cap_and_says_the_record_is_incomplete(book, fhir_se
                                                         fhir_server.token))
     assert "more than 2 pages" in gap_text(found)
     assert "liver-enzymes-elevated" in found  # from the pages that did arrive
-    assert PATIENT_MISSING not in found  # the HBV results may be on the pages not read
+    assert SCREENING_MISSING not in found  # the HBV results may be on the pages not read
 
 
 def test_a_refused_token_is_412_with_an_operation_outcome(client, fhir_server):
@@ -340,7 +340,7 @@ def test_a_server_that_never_answers_is_cut_off_at_the_deadline(book, silent):
     elapsed = time.monotonic() - started
     assert elapsed < 3, f"the fetch phase took {elapsed:.1f} s with a 0.5 s deadline"
     assert "did not answer within 0.5 s" in gap_text(found)
-    assert PATIENT_MISSING not in found  # not checked is not "missing", and never "fine"
+    assert SCREENING_MISSING not in found  # not checked is not "missing", and never "fine"
 
 
 def test_a_server_that_is_down_gives_a_card_naming_what_was_not_checked(client, down):
@@ -445,7 +445,7 @@ def test_an_unusable_answer_is_a_named_gap(answer, words, client, scripted):
     scripted.answer("Observation", answer)
     found = cards(client, fetching(hook_request(), scripted.base))
     assert words in gap_text(found)
-    assert PATIENT_MISSING not in found
+    assert SCREENING_MISSING not in found
 
 
 def test_cookies_from_the_fhir_server_are_never_sent_back(client, scripted):

@@ -29,9 +29,9 @@ SIGN = "/cds-services/cd20-order-sign"
 INVALID = sorted((SHARED / "fhir-corpus" / "fhir" / "invalid").glob("*.json"))
 CDS_REQUESTS = sorted((SHARED / "fhir-corpus" / "cds-requests").rglob("*.json"))
 # Fixed seeds keep CI stable; the counts keep the file fast (each example is a whole hook call).
-PROPERTY = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow],
                     derandomize=True)
-PIPELINE = settings(PROPERTY, max_examples=50)
+PIPELINE = settings(PROPERTY, max_examples=80)
 
 FHIR_KEYS = ["resourceType", "id", "status", "intent", "code", "coding", "system", "text", "display", "value",
              "unit", "valueQuantity", "valueCodeableConcept", "valueString", "referenceRange", "low", "high",

@@ -1,8 +1,11 @@
 """patient-view (cd20-patient-view): monitoring reminders for a patient on anti-CD20 therapy, through HTTP.
 
 The next dose is due the product's usual interval after the last one (products.yaml interval_days:
-Ocrevus, Zunovo and rituximab 182 days, Briumvi 168, Kesimpta 28); the reminder is info from 30 days before
-the due date through the due date itself, and a warning once it has passed.
+Ocrevus, Zunovo and rituximab 182 days, Briumvi 168); the reminder is info from 30 days before the due
+date through the due date itself, a warning once it has passed, and none once the dose is more than 182
+days overdue (the therapy is presumed stopped). Kesimpta is self-injected, so its doses are not on record
+and it gets no next-dose reminder. A patient whose last dose is more than 548 days (18 months) old is no
+longer taken to be on therapy: no reminders at all.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from fhir_builders import ANTI_HBC, HBSAG, IGG
 
 NEGATIVE, POSITIVE = "260385009", "10828004"
 HBV_DNA_IU = "42595-9"
-INTERVALS = [(OCREVUS, 182), (ZUNOVO, 182), (BRIUMVI, 168), (RITUXAN, 182), (KESIMPTA, 28)]
+INTERVALS = [(OCREVUS, 182), (ZUNOVO, 182), (BRIUMVI, 168), (RITUXAN, 182)]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,11 @@ def view(client):
 
 def on_therapy(coding: dict, last: int, interval: int) -> list[dict]:
     """Past doses well into maintenance, the latest `last` days ago."""
-    starter = [last + interval, last + interval + 7, last + interval + 14]
-    return [b.given(d, b.concept(coding)) for d in [last, *starter]]
+    return [b.given(d, b.concept(coding)) for d in maintenance_days(last, interval)]
+
+
+def maintenance_days(last: int, interval: int) -> list[int]:
+    return [last, last + interval, last + interval + 7, last + interval + 14]
 
 
 def due_date(last: int, interval: int) -> str:
@@ -40,13 +46,9 @@ def due_date(last: int, interval: int) -> str:
 
 # --- next-dose-due -------------------------------------------------------------------------------------
 
-DUE = [(31, None), (30, "info"), (10, "info"), (0, "info"), (-1, "warning"), (-200, "warning")]
-
-
-@pytest.mark.parametrize("coding, interval, days_to_due, expected", [
-    (coding, interval, days_to_due, expected) for coding, interval in INTERVALS for days_to_due, expected in DUE
-    if days_to_due <= interval  # Kesimpta's monthly dose is never more than 28 days away
-], ids=b.case_id)
+@pytest.mark.parametrize("coding, interval", INTERVALS, ids=b.case_id)
+@pytest.mark.parametrize("days_to_due, expected", [(31, None), (30, "info"), (10, "info"), (0, "info"),
+                                                   (-1, "warning"), (-182, "warning"), (-183, None)])
 def test_next_dose_is_due_the_products_interval_after_the_last(view, coding, interval, days_to_due, expected):
     last = interval - days_to_due
     cards = view(doses=on_therapy(coding, last, interval))
@@ -57,28 +59,26 @@ def test_next_dose_is_due_the_products_interval_after_the_last(view, coding, int
         assert "overdue" in cards["next-dose-due"]["summary"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "after the first starter dose the next one is due on day 15 (Ocrevus, Briumvi) or day 7 (Kesimpta), "
-    "but next-dose-due uses the maintenance interval: a missed second starter dose gets no reminder"))
-@pytest.mark.parametrize("coding, days_since_first", [(OCREVUS, 20), (BRIUMVI, 20), (KESIMPTA, 10)],
-                         ids=b.case_id)
-def test_a_missed_second_starter_dose_is_overdue(view, coding, days_since_first):
-    cards = view(doses=[b.given(days_since_first, b.concept(coding))])
+@pytest.mark.parametrize("coding", [OCREVUS, BRIUMVI], ids=b.case_id)
+def test_a_missed_second_starter_dose_is_overdue(view, coding):
+    cards = view(doses=[b.given(20, b.concept(coding))])
     assert indicator(cards, "next-dose-due") == "warning"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the first 600 mg Ocrevus dose is due 6 months after infusion 1 (label 2.3; Briumvi likewise 24 weeks "
-    "after the first infusion), but the reminder counts from infusion 2, two weeks late"))
 def test_the_first_maintenance_dose_is_due_six_months_after_the_first_starter_dose(view):
     cards = view(doses=[b.given(176, b.concept(OCREVUS)), b.given(190, b.concept(OCREVUS))])
     assert indicator(cards, "next-dose-due") == "warning"
     assert due_date(190, 182) in cards["next-dose-due"]["summary"]
 
 
-def test_a_dose_recorded_only_as_a_completed_order_counts(view):
-    cards = view(medications=[b.medicine(b.concept(OCREVUS), status="completed", days_ago=170)])
-    assert indicator(cards, "next-dose-due") == "info"
+@pytest.mark.parametrize("last", [1, 20, 29])
+def test_self_injected_kesimpta_gets_no_next_dose_reminder(view, last):
+    assert "next-dose-due" not in view(doses=on_therapy(KESIMPTA, last, 28))
+
+
+def test_doses_recorded_only_as_completed_orders_count(view):
+    orders = [b.medicine(b.concept(OCREVUS), status="completed", days_ago=d) for d in maintenance_days(170, 182)]
+    assert indicator(view(medications=orders), "next-dose-due") == "info"
 
 
 # --- igg-monitoring-due and hbv-dna-monitoring ----------------------------------------------------------
@@ -129,6 +129,12 @@ def test_order_time_checks_do_not_run_when_the_chart_opens(view):
 
 
 # --- patients not on anti-CD20 therapy ------------------------------------------------------------------
+
+@pytest.mark.parametrize("last, on_therapy_still", [(548, True), (549, False)])
+def test_reminders_stop_18_months_after_the_last_dose(view, last, on_therapy_still):
+    cards = view(doses=on_therapy(OCREVUS, last, 182))
+    assert ("igg-monitoring-due" in cards) is on_therapy_still
+
 
 @pytest.mark.parametrize("doses", [
     [],

@@ -194,13 +194,32 @@ def test_a_dose_in_another_mass_unit_is_checked_in_mg(ask, quantity, fits):
     assert ("dose-unexpected" in cards) is not fits
 
 
+@pytest.mark.parametrize("coding, ml, fits", [
+    (ZUNOVO, 23, True), (ZUNOVO, 15, False),  # 40 mg/mL: 920 mg is 23 mL
+    (KESIMPTA, 0.4, True), (KESIMPTA, 0.8, False),  # 50 mg/mL: 20 mg is 0.4 mL
+], ids=b.case_id)
+def test_a_dose_in_ml_of_a_product_given_undiluted_is_read_at_its_concentration(ask, coding, ml, fits):
+    cards = ask(orders=[b.order(b.concept(coding), dose=(ml, "mL"))])
+    assert indicator(cards, "dose-unexpected") == (None if fits else "info")
+
+
+@pytest.mark.parametrize("coding, ml", [(OCREVUS, 250), (BRIUMVI, 250)], ids=b.case_id)
+def test_an_infusion_ordered_in_ml_is_not_read_as_a_dose(ask, coding, ml):
+    """An IV order in mL is usually the diluted bag's volume: say it cannot be checked, never "differs"."""
+    cards = ask(orders=[b.order(b.concept(coding), dose=(ml, "mL"))])
+    assert indicator(cards, "dose-unexpected") == "info"
+    assert "cannot be checked" in cards["dose-unexpected"]["summary"]
+
+
 @pytest.mark.parametrize("coding, expected", [(OCREVUS, 300), (ZUNOVO, 920), (KESIMPTA, 20), (BRIUMVI, 150)],
                          ids=b.case_id)
-def test_a_dose_in_ml_cannot_be_checked_and_the_card_says_so(ask, coding, expected):
-    cards = ask(orders=[b.order(b.concept(coding), dose=(10, "mL"))])
+@pytest.mark.parametrize("unit", ["{vial}", "mg/kg"])
+def test_a_dose_in_a_unit_that_is_no_amount_of_drug_cannot_be_checked_and_the_card_says_so(ask, coding, expected,
+                                                                                        unit):
+    cards = ask(orders=[b.order(b.concept(coding), dose=(1, unit))])
     assert indicator(cards, "dose-unexpected") == "info"
     summary = cards["dose-unexpected"]["summary"]
-    assert "cannot be checked" in summary and f"{expected} mg" in summary and "mL" in summary
+    assert "cannot be checked" in summary and f"{expected} mg" in summary and unit in summary
 
 
 @pytest.mark.parametrize("coding", [OCREVUS, ZUNOVO, KESIMPTA, BRIUMVI], ids=b.case_id)

@@ -28,7 +28,7 @@ TOKEN = "admin-token-for-the-browser-test"
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1000,1000"]
+                  "--hide-scrollbars", "--window-size=1100,1000"]
 # (rule, indicator, cards issued each week, of which overridden, of which accepted)
 HISTORY = [("hbv-screening-missing", "critical", 3, 2, 1), ("igg-missing", "warning", 4, 1, 2),
            ("liver-tests-missing", "warning", 2, 0, 0)]
@@ -62,16 +62,15 @@ def _seed(store: Store, now: datetime) -> None:
     items = []
     for week in range(WEEKS):
         at = now - timedelta(weeks=week, hours=1)
-        for rule, indicator, issued, overridden, accepted in HISTORY:
-            cards = [f"{rule}-{week}-{n}" for n in range(issued + week % 3)]
-            store.record_cards("cd20-order-sign", "order-sign", f"patient-{week}",
-                               [{"uuid": c, "indicator": indicator, "source": {"topic": {"code": rule}}} for c in cards],
-                               at=at)
+        for rule, indicator, per_week, overridden, accepted in HISTORY:
+            cards = [f"{rule}-{week}-{n}" for n in range(per_week + week % 3)]
+            made = [{"uuid": c, "indicator": indicator, "source": {"topic": {"code": rule}}} for c in cards]
+            store.record_cards("cd20-order-sign", "order-sign", f"patient-{week}", made, at=at)
             stamp = at.isoformat()
             items += [{"card": c, "outcome": "overridden", "outcomeTimestamp": stamp,
                        "overrideReason": {"reason": {"code": "result-elsewhere"}}} for c in cards[:overridden]]
-            items += [{"card": c, "outcome": "accepted", "outcomeTimestamp": stamp, "acceptedSuggestions": [{"id": "s"}]}
-                      for c in cards[overridden:overridden + accepted]]
+            items += [{"card": c, "outcome": "accepted", "outcomeTimestamp": stamp,
+                       "acceptedSuggestions": [{"id": "s"}]} for c in cards[overridden:overridden + accepted]]
     store.save_feedback("cd20-order-sign", feedback_body.parse({"feedback": items}))
 
 

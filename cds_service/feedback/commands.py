@@ -25,7 +25,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        store = Store(StoreSettings.from_env(Settings.from_env().dev, need_key=False))
+        store = Store(StoreSettings.from_env(Settings.from_env().dev, serving=False))
     except ConfigError as e:
         print(f"cds-service: {e}", file=sys.stderr)
         return 2
@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"feedback database at schema revision {store.upgrade()}")
             return 0
         cutoff, cards, feedback = store.prune()
-        print(f"pruned {cards} issued card(s) and {feedback} feedback record(s) from before {cutoff:%Y-%m-%d %H:%M} UTC")
+        print(f"pruned {cards} issued card(s) and {feedback} feedback record(s) "
+              f"from before {cutoff:%Y-%m-%d %H:%M} UTC")
         return 0
     except StoreUnavailable as e:
         print(f"cds-service: the feedback database is unavailable ({e})", file=sys.stderr)

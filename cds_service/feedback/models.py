@@ -1,4 +1,5 @@
-"""The two tables: cards this service issued, and what clinicians did with them (feedback).
+"""The tables: cards this service issued, what clinicians did with them (feedback), and the EHR token
+ids already accepted (the JWT replay cache every worker and instance shares).
 
 Feedback is not a foreign key to issued cards on purpose: recording a card is best effort (it must never
 fail a hook call), and feedback about a card that was not recorded is still evidence worth keeping.
@@ -69,6 +70,17 @@ class Feedback(Base):
     reason_display: Mapped[str | None] = mapped_column(String(255))
     user_comment: Mapped[str | None] = mapped_column(Text)  # free text: may name a patient; never reported
     received_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class UsedToken(Base):
+    """A token id (jti) accepted from an issuer, kept until its token expires: the primary key is what
+    lets exactly one of several workers accept a token presented to all of them at once."""
+
+    __tablename__ = "used_tokens"
+
+    iss: Mapped[str] = mapped_column(Text, primary_key=True)  # a configured issuer: no length of ours to impose
+    jti: Mapped[str] = mapped_column(String(256), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
 
 
 metadata = Base.metadata

@@ -43,12 +43,13 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; background: #fff; }}
 table {{ border-collapse: collapse; margin-top: 1em; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 4px 10px; text-align: left; }}
 td.n {{ text-align: right; }}
-td, th {{ white-space: nowrap; }}
+td:first-child, th {{ white-space: nowrap; }}
 svg text {{ font-family: sans-serif; font-size: 12px; fill: #222; }}
 </style></head>
 <body>
 <h1>Card feedback and overrides</h1>
-<p>From {escape(period)}. A card's fate is its latest feedback; override rate = overridden / (accepted + overridden).</p>
+<p>From {escape(period)}. A card's fate is its latest feedback;
+override rate = overridden / (accepted + overridden).</p>
 <h2>Override rate per rule</h2>
 {_rate_chart(report)}
 <h2>Cards issued per week</h2>

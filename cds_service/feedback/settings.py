@@ -28,25 +28,28 @@ class StoreSettings:
     dev: bool = False
 
     @classmethod
-    def from_env(cls, dev: bool, env: dict[str, str] | None = None, need_key: bool = True) -> "StoreSettings":
-        """Settings for serving (need_key) or for maintenance commands, which never hash a patient id."""
+    def from_env(cls, dev: bool, env: dict[str, str] | None = None, serving: bool = True) -> "StoreSettings":
+        """Settings for serving, or for maintenance commands (db, report), which never hash a patient id."""
         env = dict(os.environ if env is None else env)
+        admin_token = env.get("CDS_ADMIN_TOKEN") or None
+        if serving and dev and admin_token is None:
+            log.warning("DEVELOPMENT MODE: CDS_ADMIN_TOKEN is not set; /admin/report is open to anyone")
         return cls(
             database_url=env.get("CDS_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            patient_hash_key=_patient_hash_key(env.get("CDS_PATIENT_HASH_KEY", ""), dev, need_key),
+            patient_hash_key=_patient_hash_key(env.get("CDS_PATIENT_HASH_KEY", ""), dev, serving),
             retention_days=_retention_days(env.get("CDS_RETENTION_DAYS", "")),
-            admin_token=env.get("CDS_ADMIN_TOKEN") or None,
+            admin_token=admin_token,
             dev=dev,
         )
 
 
-def _patient_hash_key(value: str, dev: bool, need_key: bool) -> bytes | None:
+def _patient_hash_key(value: str, dev: bool, serving: bool) -> bytes | None:
     if value:
         if len(value) < MIN_KEY_LENGTH:
             raise ConfigError(f"CDS_PATIENT_HASH_KEY must be at least {MIN_KEY_LENGTH} characters "
                               "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')")
         return value.encode()
-    if not need_key:
+    if not serving:
         return None
     if dev:
         log.warning("DEVELOPMENT MODE: CDS_PATIENT_HASH_KEY is not set; patient ids of issued cards are hashed "

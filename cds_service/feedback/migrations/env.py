@@ -7,6 +7,7 @@ from alembic import context
 
 from cds_service.feedback.models import metadata
 
-context.configure(connection=context.config.attributes["connection"], target_metadata=metadata)
+context.configure(connection=context.config.attributes["connection"], target_metadata=metadata,
+                  transactional_ddl=True)  # so on SQLite too: the store opens every transaction with BEGIN
 with context.begin_transaction():
     context.run_migrations()
