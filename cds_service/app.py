@@ -11,23 +11,25 @@ import yaml
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import auth, jsonbody, logs, observability, rulebook
+from . import admin, auth, jsonbody, logs, observability, rulebook
 from .config import Settings
 from .cors import Cors
 from .feedback import analytics, body as feedback_body, page
+from .feedback.replay import DatabaseReplayCache
 from .feedback.store import Store, StoreUnavailable, open_for_serving
 from .fhir_client import FetchSettings, FhirFetcher
 from .hooks import InvalidRequest
+from .server import reload_other_workers
 from .service import CdsService, PreconditionFailed, UnknownService, utc_now
 
 log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
-def build_service(settings: Settings, now: datetime | None = None) -> CdsService:
-    """The service as configured: rules from rules/ (+ overrides), fetching from fhirServer when needed."""
+def build_service(settings: Settings, now: datetime | None = None, book: rulebook.Rulebook | None = None) -> CdsService:
+    """The service as configured: rules from rules/ (+ overrides) unless given, fetching from fhirServer."""
     fixed = now or settings.frozen_now
-    return CdsService(rulebook.load(), fetcher=FhirFetcher(FetchSettings.from_env()),
+    return CdsService(book or rulebook.load(), fetcher=FhirFetcher(FetchSettings.from_env()),
                       clock=(lambda: fixed) if fixed else utc_now, max_resources=settings.max_resources)
 
 
@@ -35,14 +37,14 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
                verifier: auth.Verifier | None = None, store: Store | None = None) -> Flask:
     """The WSGI app; raises AuthConfigError, CorsConfigError or feedback ConfigError when settings are unusable."""
     settings = settings or Settings.from_env()
-    verifier = verifier or auth.from_settings(settings)
+    store = store or open_for_serving(settings.dev)
+    verifier = verifier or auth.from_settings(settings, replay=DatabaseReplayCache(store))  # shared by all workers
     cors = Cors(settings.cors_origins, settings.dev)
     description = yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))
     service = service or build_service(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["cds"] = service
-    store = store or open_for_serving(settings.dev)
     observability.install(app, database=store.check)
 
     @app.before_request
@@ -65,6 +67,9 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             response = _error(401, "authentication required")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
+        except auth.ReplayCacheUnavailable as e:
+            log.error("token not checked: the replay cache is unavailable", extra={"fields": {"error": str(e)}})
+            return _unavailable("the token could not be checked just now; send the call again")
         return None
 
     @app.after_request
@@ -118,16 +123,35 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
         g.log_fields = {"service": service_id, "feedback": len(items)}
         return jsonify({})
 
-    @app.get("/admin/report")
-    def admin_report() -> Response:
-        token = store.settings.admin_token
-        if token is None and not settings.dev:
-            return _error(404, "the admin report is off: set CDS_ADMIN_TOKEN to turn it on")
-        if token is not None and not page.admitted(request.headers.get("Authorization", ""), token):
+    def admin_refusal() -> Response | None:
+        status = admin.refusal(request.headers.get("Authorization", ""), store.settings.admin_token, settings.dev)
+        if status == 404:
+            return _error(404, "the admin endpoints are off: set CDS_ADMIN_TOKEN to turn them on")
+        if status == 401:
             response = _error(401, "the admin token is required")
-            for challenge in page.CHALLENGES:
+            for challenge in admin.CHALLENGES:
                 response.headers.add("WWW-Authenticate", challenge)
             return response
+        return None
+
+    @app.post("/admin/reload")
+    def admin_reload() -> Response:
+        """Load rules/ and the overrides again; a bad set is refused (422) and the running one stays."""
+        refused = admin_refusal()
+        if refused:
+            return refused
+        try:
+            book = service.reload()
+        except rulebook.RulebookError as e:
+            return _error(422, f"rules not reloaded, the running set stays: {e}")
+        reload_other_workers()
+        return jsonify({"reloaded": True, "rules": len(book.rules)})
+
+    @app.get("/admin/report")
+    def admin_report() -> Response:
+        refused = admin_refusal()
+        if refused:
+            return refused
         try:
             period = analytics.Period.parse(request.args.get("since"), request.args.get("until"), utc_now())
             html = page.render(analytics.build(store, period))

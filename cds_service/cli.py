@@ -58,7 +58,8 @@ def _serve(args: argparse.Namespace) -> int:
         auth.from_settings(settings)
         Cors(settings.cors_origins, settings.dev)
         open_for_serving(settings.dev).close()  # also migrates the feedback schema once, before any worker
-    except (auth.AuthConfigError, CorsConfigError, ConfigError) as e:
+        book = rulebook.load()
+    except (auth.AuthConfigError, CorsConfigError, ConfigError, rulebook.RulebookError) as e:
         log.error("cannot start: %s", e)
         return 2
     if settings.dev:
@@ -70,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("CORS: any web page may call this service (CDS_CORS_ORIGINS=*, development mode only)")
     if settings.frozen_now:
         log.warning("CLOCK FROZEN by CDS_NOW: every 'recent' check uses a fixed time")
-    run(args.host, args.port, args.workers, args.threads)
+    run(args.host, args.port, args.workers, args.threads, book)
     return 0
 
 

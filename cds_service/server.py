@@ -1,10 +1,15 @@
-"""Production WSGI serving with gunicorn: each worker builds its own app (and rules engine) after fork,
-because the engine's C state must not be shared across processes."""
+"""Production WSGI serving with gunicorn.
+
+The master loads and validates the rules (plain data) once, and again on SIGHUP; each worker builds its own
+app and rules engine from the master's copy after fork, because the engine's C state must not be shared
+across processes. So a worker that (re)starts never reads rules/ from disk: a bad file there can neither
+stop it booting (which would halt the whole server) nor slip past validation."""
 from __future__ import annotations
 
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,11 +21,13 @@ from . import rulebook
 
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _TEMPORARY_METRICS_DIR = "CDS_METRICS_DIR_IS_TEMPORARY"
+_MASTER_PID = "CDS_GUNICORN_MASTER_PID"
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, options: dict) -> None:
+    def __init__(self, options: dict, book: rulebook.Rulebook) -> None:
         self.options = options
+        self.book = book  # the validated rules every new worker starts from
         super().__init__()
 
     def load_config(self) -> None:
@@ -28,9 +35,10 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from .app import create_app
+        from .app import build_service, create_app
+        from .config import Settings
 
-        return create_app()
+        return create_app(build_service(Settings.from_env(), book=self.book))
 
     def run(self) -> None:
         _CheckedReload(self).run()
@@ -47,6 +55,7 @@ class _CheckedReload(Arbiter):
             self.log.error("rules not reloaded, the running set stays: %s", e)
             return
         self.log.info("rules valid (%d rules); restarting workers to load them", len(book.rules))
+        self.app.book = book
         super().handle_hup()
 
 
@@ -83,7 +92,16 @@ def _worker_exited(server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
-def run(host: str, port: int, workers: int, threads: int) -> None:
+def reload_other_workers() -> None:
+    """After one worker reloaded its rules (POST /admin/reload), have gunicorn's master reload them all:
+    SIGHUP, which it answers by checking the rules itself and restarting the workers gracefully."""
+    master = os.environ.get(_MASTER_PID)
+    if master and int(master) == os.getppid():
+        os.kill(int(master), signal.SIGHUP)
+
+
+def run(host: str, port: int, workers: int, threads: int, book: rulebook.Rulebook) -> None:
+    os.environ[_MASTER_PID] = str(os.getpid())
     _Gunicorn({
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -95,4 +113,4 @@ def run(host: str, port: int, workers: int, threads: int) -> None:
         "graceful_timeout": 10,
         "control_socket_disable": True,  # gunicorn >= 25.1 would open a management socket in $HOME
         "child_exit": _worker_exited,
-    }).run()
+    }, book).run()

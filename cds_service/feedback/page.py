@@ -1,37 +1,19 @@
 """The admin report as one self-contained HTML page: charts drawn server-side as inline SVG, no script,
 no external resource, so it renders the same behind any firewall. Counts only, never patient data.
 
-Access: CDS_ADMIN_TOKEN as a Bearer token (scripts), or as the password of HTTP Basic auth with any user
-name, so that a person can open the page in a browser, which can send no Bearer header by itself.
+Who may see it is decided in admin.py.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 from html import escape
 
 from .analytics import Report, RuleFigures, percent
 
-CHALLENGES = ('Bearer realm="cd20-cds admin"', 'Basic realm="cd20-cds admin", charset="UTF-8"')
 HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 OVERRIDE_COLOUR = "#c0392b"
 WEEK_COLOUR = "#2e6da4"
 WIDTH = 760
-
-
-def admitted(authorization: str, token: str) -> bool:
-    scheme, _, credential = authorization.partition(" ")
-    credential = credential.strip()
-    if scheme.lower() == "basic":
-        try:
-            credential = base64.b64decode(credential, validate=True).decode().partition(":")[2]
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-    elif scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(credential.encode(), token.encode())
 
 
 def render(report: Report) -> str:

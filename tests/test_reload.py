@@ -1,0 +1,112 @@
+"""Rules and overrides reload without a restart, through a real server with two workers: POST /admin/reload
+(admin token) and SIGHUP to the master. A bad set is refused and the running one keeps serving."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from security_support import BIN, KEPT_SETTINGS, example_request, free_port, serve
+
+ADMIN = "reload-test-admin-token"
+ORDER = "cardiac-history--heart-failure.json"  # gets a cardiac-history card until the rule is disabled
+
+
+def _cards(base: str) -> set[str]:
+    body = example_request(ORDER)
+    answer = requests.post(f"{base}/cds-services/cd20-order-sign", json=body, timeout=10)
+    answer.raise_for_status()
+    return {c["source"]["topic"]["code"] for c in answer.json()["cards"]}
+
+
+def _all_workers(base: str, has_rule: bool, seconds: float = 20) -> None:
+    """Every worker answers alike: eight calls in a row agree, within a bounded wait for restarts."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(("cardiac-history" in _cards(base)) is has_rule for _ in range(8)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"workers did not all {'keep' if has_rule else 'drop'} cardiac-history in {seconds} s")
+
+
+@pytest.fixture
+def overrides(tmp_path: Path) -> Path:
+    path = tmp_path / "site.yaml"
+    path.write_text("thresholds: {}\n")
+    return path
+
+
+def _env(overrides: Path) -> dict[str, str]:
+    return {"CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": "2026-11-21T12:00:00Z", "WEB_CONCURRENCY": "2",
+            "CDS_RULES_OVERRIDES": str(overrides), "CDS_ADMIN_TOKEN": ADMIN}
+
+
+def test_admin_reload_applies_new_overrides_in_every_worker(tmp_path, overrides):
+    with serve(_env(overrides), tmp_path / "serve.log") as base:
+        assert "cardiac-history" in _cards(base)
+        overrides.write_text("rules:\n  cardiac-history:\n    enabled: false\n")
+        refused = requests.post(f"{base}/admin/reload", timeout=10)
+        assert refused.status_code == 401
+        answer = requests.post(f"{base}/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        _all_workers(base, has_rule=False)
+
+
+def test_a_bad_set_is_refused_and_the_running_one_stays(tmp_path, overrides):
+    with serve(_env(overrides), tmp_path / "serve.log") as base:
+        overrides.write_text("rules:\n  cardiac-history:\n    enabled: nope\n")
+        answer = requests.post(f"{base}/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert answer.status_code == 422
+        assert "rules.cardiac-history.enabled" in answer.json()["error"]
+        _all_workers(base, has_rule=True, seconds=3)
+
+
+def test_sighup_reloads_a_good_set_and_ignores_a_bad_one(tmp_path, overrides):
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CDS_") or k in KEPT_SETTINGS},
+           **_env(overrides)}
+    log = (tmp_path / "serve.log").open("wb")
+    master = subprocess.Popen([str(BIN / "cds-service"), "serve", "--port", str(port)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait(base, master)
+        overrides.write_text("thresholds:\n  neutrophils:\n    critical_bellow: 0.4\n")
+        os.kill(_gunicorn_master(master), signal.SIGHUP)
+        time.sleep(1)
+        _all_workers(base, has_rule=True, seconds=3)
+        assert "rules not reloaded" in (tmp_path / "serve.log").read_text()
+        overrides.write_text("rules:\n  cardiac-history:\n    enabled: false\n")
+        os.kill(_gunicorn_master(master), signal.SIGHUP)
+        _all_workers(base, has_rule=False)
+    finally:
+        master.terminate()
+        try:
+            master.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait(timeout=5)
+        log.close()
+
+
+def _gunicorn_master(process: subprocess.Popen) -> int:
+    """`serve` re-executes itself in place (same pid) to set up shared metrics: the pid is the master's."""
+    return process.pid
+
+
+def _wait(base: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "server exited"
+        try:
+            requests.get(f"{base}/healthz", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise AssertionError("server did not start")
+
