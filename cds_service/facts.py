@@ -117,7 +117,7 @@ class FactBuilder:
         label = self._analytes[bad.analyte]["label"]
         when = f" from {bad.when.date().isoformat()}" if bad.when else ""
         return {"kind": "unavailable", "analyte": bad.analyte, "what": f"the latest {label} result{when}",
-                "reason": bad.reason}
+                "reason": bad.reason, "brief": bad.reason}
 
     def _gap_facts(self, key: str, reason: str) -> list[dict[str, Any]]:
         """A prefetch key that could not be had: one fact per check it would have fed."""
@@ -125,9 +125,11 @@ class FactBuilder:
             return []  # only sex is read, to pick a default limit; the card says when it was unknown
         if key == "labs":
             what = "the lab results (HBV serology, IgG, liver tests, blood counts)"
-            return [{"kind": "unavailable", "analyte": analyte, "what": what, "reason": reason}
+            return [{"kind": "unavailable", "analyte": analyte, "what": what, "reason": reason,
+                     "brief": "could not be retrieved"}
                     for analyte in self._analytes]
         return [{"kind": "unavailable", "analyte": f"prefetch:{key}", "what": GAP_SUBJECTS.get(key, key),
+                 "brief": "could not be retrieved",
                  "reason": reason}]
 
     def _condition_facts(self, conditions: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -141,7 +143,7 @@ class FactBuilder:
             except (ValidationError, RecursionError):
                 label = self._rulebook.valuesets["conditions"][group]["label"]
                 facts.append({"kind": "unavailable", "analyte": f"condition:{group}",
-                              "what": f"a {label} problem-list entry", "reason": "is not valid FHIR"})
+                              "what": f"a {label} problem-list entry", "reason": "is not valid FHIR", "brief": "is not valid FHIR"})
                 continue
             history_counts = self._rulebook.valuesets["conditions"][group].get("history_counts", False)
             if _is_active(condition) or (history_counts and _is_confirmed(condition)):
@@ -174,7 +176,7 @@ class FactBuilder:
             try:
                 allergy = AllergyIntolerance.model_validate(resource)
             except (ValidationError, RecursionError):
-                facts.append({"kind": "unavailable", "analyte": "reaction", "reason": "is not valid FHIR",
+                facts.append({"kind": "unavailable", "analyte": "reaction", "reason": "is not valid FHIR", "brief": "is not valid FHIR",
                               "what": f"an allergy-list entry for {substance.what}"})
                 continue
             if _first_code(allergy.clinicalStatus) in ("inactive", "resolved") or \
@@ -226,7 +228,7 @@ class FactBuilder:
                 given = Immunization.model_validate(resource).occurrenceDateTime
             except (ValidationError, RecursionError):
                 facts.append({"kind": "unavailable", "analyte": "vaccine", "what": f"a {kind[1]} record",
-                              "reason": "is not valid FHIR"})
+                              "reason": "is not valid FHIR", "brief": "is not valid FHIR"})
                 continue
             if given is not None:
                 facts.append({"kind": "vaccine", "live": kind[0], "display": kind[1], **_age(as_datetime(given), now)})

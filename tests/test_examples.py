@@ -53,6 +53,8 @@ def test_example_gives_the_expected_cards(name: str, client, service_for_hook) -
     for rule, indicator in expected["present"].items():
         assert rule in by_rule, f"no {rule} card; got {shown}"
         assert by_rule[rule]["indicator"] == indicator, shown[rule]
+    clipped = [card["summary"] for card in cards if card["summary"].endswith("…")]
+    assert not clipped, f"summaries cut at 140 characters: shorten the rule's text: {clipped}"
     unexpected = {rule: shown[rule] for rule in expected["absent"] if rule in by_rule}
     assert not unexpected, f"cards that should not be there: {unexpected}"
     if expected.get("no_cards"):

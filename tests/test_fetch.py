@@ -347,7 +347,7 @@ def test_a_server_that_is_down_gives_a_card_naming_what_was_not_checked(client, 
     """One line per unchecked part of the record (the patient resource only picks default limits)."""
     text = gap_text(cards(client, fetching(hook_request(), down)))
     searches = [key for key, query in templates(client, "order-sign").items() if "?" in query]
-    unchecked = set(re.findall(r"(?:^- |: )([\w ]+?) could not be retrieved: the FHIR server could not be reached",
+    unchecked = set(re.findall(r"(?:^- |: )([\w ,()]+?) could not be retrieved: the FHIR server could not be reached",
                                text, re.MULTILINE))
     assert len(unchecked) == len(searches), unchecked
 
