@@ -19,6 +19,9 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # an unlabelled metric writes its file the moment it is defined
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 log = logging.getLogger(__name__)
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 UNPROBED_PATHS = ("/healthz", "/readyz", "/metrics")  # not timed: probes would drown the traffic figures

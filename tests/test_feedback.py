@@ -302,7 +302,7 @@ def test_prune_deletes_cards_and_feedback_older_than_the_retention_period(databa
 def test_db_upgrade_builds_the_schema_the_models_describe(database_url, monkeypatch, capsys):
     for run, migrated in ((1, True), (2, False)):  # the second run finds nothing to do
         code, out = run_cli(monkeypatch, capsys, database_url, "db", "upgrade")
-        assert code == 0 and "feedback database at schema revision 0001" in out.splitlines()
+        assert code == 0 and "feedback database at schema revision 0002" in out.splitlines()
         assert ("Running upgrade" in out) is migrated, run
     store = Store(StoreSettings(database_url=database_url))
     with store.transaction() as connection:

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..config import Settings
-from . import analytics
+from . import analytics, replay
 from .settings import DEFAULT_RETENTION_DAYS, ConfigError, StoreSettings
 from .store import Store, StoreUnavailable, utc_now
 
@@ -17,7 +17,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     actions = db.add_subparsers(dest="db_command", required=True)
     actions.add_parser("upgrade", help="apply the schema migrations (serve also does this at start-up)")
     actions.add_parser("prune", help="delete issued cards and feedback older than CDS_RETENTION_DAYS "
-                                     f"(default {DEFAULT_RETENTION_DAYS})")
+                                     f"(default {DEFAULT_RETENTION_DAYS}), and expired token ids")
     report = commands.add_parser("report", help="cards issued, accepted and overridden, per rule and indicator")
     report.add_argument("--since", help="first day (2026-01-01) or ISO 8601 time; default: 90 days before --until")
     report.add_argument("--until", help="last day, included, or ISO 8601 time (excluded); default: now")
@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         cutoff, cards, feedback = store.prune()
         print(f"pruned {cards} issued card(s) and {feedback} feedback record(s) "
               f"from before {cutoff:%Y-%m-%d %H:%M} UTC")
+        print(f"pruned {replay.prune(store)} expired token id(s) from the JWT replay cache")
         return 0
     except StoreUnavailable as e:
         print(f"cds-service: the feedback database is unavailable ({e})", file=sys.stderr)
