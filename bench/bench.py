@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import requests
 
@@ -51,26 +51,34 @@ class Case:
 
 @dataclass(frozen=True)
 class Row:
-    case: str
+    case: Case
     path: str
     times: list[float]  # seconds
     floor: list[float]  # json.loads of the same body, seconds
-    target: str
-    met: bool | None  # None: no target for this row
+
+    @property
+    def target(self) -> str:
+        return self.case.target if self.path == "in process" else "-"
+
+    @property
+    def met(self) -> bool | None:
+        """None where the row has no target."""
+        return self.case.meets(self.times, self.floor) if self.path == "in process" else None
 
 
 def main() -> int:
     settings = Settings.from_env()
     service = CdsService(rulebook.load(), clock=lambda: NOW)
-    cases = [Case("typical (10 labs)", _raw(_typical_body()), 500, "p95 < 10 ms",
+    keys = next(s["prefetch"] for s in service.discovery()["services"] if s["id"] == SERVICE)
+    cases = [Case("typical (10 labs)", _raw(_typical_body(keys)), 500, "p95 < 10 ms",
                   lambda times, _: _p95(times) < 0.010),
-             Case("Synthea 2.8 MB", _synthea_raw(), 60, "median < 3 x json.loads",
+             Case("Synthea 2.8 MB", _synthea_raw(keys), 60, "median < 3 x json.loads",
                   lambda times, floor: statistics.median(times) < 3 * statistics.median(floor))]
     print(_machine())
-    rows = [_row(case, "in process", *_measure(_in_process(service, case.raw, settings), case)) for case in cases]
+    rows = [Row(case, "in process", *_measure(_in_process(service, case.raw, settings), case)) for case in cases]
     with _server() as base, requests.Session() as http:
-        rows += [_row(case, "HTTP", *_measure(_over_http(http, base, case.raw), case)) for case in cases]
-    print(_table(rows, cases))
+        rows += [Row(case, "HTTP", *_measure(_over_http(http, base, case.raw), case)) for case in cases]
+    print(_table(rows))
     return 0 if all(r.met is not False for r in rows) else 1
 
 
@@ -110,25 +118,21 @@ def _timed(call: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _row(case: Case, path: str, times: list[float], floor: list[float]) -> Row:
-    if path != "in process":
-        return Row(case.name, path, times, floor, "-", None)
-    return Row(case.name, path, times, floor, case.target, case.meets(times, floor))
-
-
-def _table(rows: list[Row], cases: list[Case]) -> str:
-    sizes = {c.name: f"{len(c.raw) / 1e6:.1f} MB" if len(c.raw) >= 1e6 else f"{len(c.raw) / 1e3:.1f} kB"
-             for c in cases}
+def _table(rows: list[Row]) -> str:
     head = (f"{'case':<18} {'body':>9} {'path':<11} {'runs':>5} {'median ms':>10} {'p95 ms':>8} "
             f"{'json.loads ms':>14} {'x json.loads':>13}  {'target':<24} met")
     lines = [head, "-" * len(head)]
     for r in rows:
         floor = statistics.median(r.floor)
         met = "-" if r.met is None else ("yes" if r.met else "NO")
-        lines.append(f"{r.case:<18} {sizes[r.case]:>9} {r.path:<11} {len(r.times):>5} "
+        lines.append(f"{r.case.name:<18} {_size(r.case.raw):>9} {r.path:<11} {len(r.times):>5} "
                      f"{statistics.median(r.times) * 1000:>10.2f} {_p95(r.times) * 1000:>8.2f} "
                      f"{floor * 1000:>14.2f} {statistics.median(r.times) / floor:>13.1f}  {r.target:<24} {met}")
     return "\n".join(lines)
+
+
+def _size(raw: bytes) -> str:
+    return f"{len(raw) / 1e6:.1f} MB" if len(raw) >= 1e6 else f"{len(raw) / 1e3:.1f} kB"
 
 
 def _p95(times: list[float]) -> float:
@@ -151,12 +155,13 @@ def _server() -> Iterator[str]:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": "2026-11-21T12:00:00Z",
-               "WEB_CONCURRENCY": "2", "XDG_RUNTIME_DIR": home}
-        log = open(Path(home) / "server.log", "wb")
-        process = subprocess.Popen([str(Path(sys.executable).parent / "cds-service"), "serve",
-                                    "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log)
+               "WEB_CONCURRENCY": "2"}
+        log_path = Path(home) / "server.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen([str(Path(sys.executable).parent / "cds-service"), "serve",
+                                        "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log)
         try:
-            yield _wait_until_up(f"http://127.0.0.1:{port}", process)
+            yield _wait_until_up(f"http://127.0.0.1:{port}", process, log_path)
         finally:
             process.terminate()
             try:
@@ -164,10 +169,9 @@ def _server() -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            log.close()
 
 
-def _wait_until_up(base: str, process: subprocess.Popen) -> str:
+def _wait_until_up(base: str, process: subprocess.Popen, log_path: Path) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and process.poll() is None:
         try:
@@ -175,35 +179,36 @@ def _wait_until_up(base: str, process: subprocess.Popen) -> str:
                 return base
         except requests.ConnectionError:
             time.sleep(0.1)
-    raise RuntimeError(f"cds-service serve did not start (exit code {process.poll()})")
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+    raise RuntimeError(f"cds-service serve did not start (exit code {process.poll()}); its log ends:\n{tail}")
 
 
-def _typical_body() -> dict[str, Any]:
-    """A first ocrelizumab dose with the ten results a clinic usually has on file; IgG is low (one card)."""
+def _typical_body(keys: Iterable[str]) -> dict[str, Any]:
+    """A first ocrelizumab dose with the ten results a clinic usually has on file; IgG is low."""
     labs = [_quantity("1742-6", 25, "U/L", 10, high=40), _quantity("1920-8", 22, "U/L", 10, high=40),
             _quantity("6768-6", 80, "U/L", 10, high=130), _quantity("1975-2", 0.6, "mg/dL", 10, high=1.2),
             _quantity("751-8", 3.1, "10*9/L", 10), _quantity("2465-3", 620, "mg/dL", 60, low=700, high=1600),
             _answer("5196-1", "260385009", 60), _answer("16933-4", "260385009", 60),
             _quantity("1742-6", 28, "U/L", 120, high=40), _quantity("751-8", 2.9, "10*9/L", 120)]
     patient = {"resourceType": "Patient", "id": "p1", "gender": "female", "birthDate": "1990-04-02"}
-    return _request(patient, _bundle(labs))
+    return _request(keys, patient, _bundle(labs))
 
 
-def _synthea_raw() -> bytes:
+def _synthea_raw(keys: Iterable[str]) -> bytes:
     """The largest Synthea record, byte for byte as published, as the `labs` prefetch of one body."""
     record = SYNTHEA.read_bytes()
     patient = next(e["resource"] for e in json.loads(record)["entry"] if e["resource"]["resourceType"] == "Patient")
-    return _raw(_request(patient, "@LABS@")).replace(b'"@LABS@"', record)
+    return _raw(_request(keys, patient, "@LABS@")).replace(b'"@LABS@"', record)
 
 
-def _request(patient: dict[str, Any], labs: Any) -> dict[str, Any]:
+def _request(keys: Iterable[str], patient: dict[str, Any], labs: Any) -> dict[str, Any]:
+    """An order-sign body answering every prefetch key the service declares (empty unless given)."""
     order = {"resourceType": "MedicationRequest", "id": "order-1", "status": "draft", "intent": "order",
              "subject": {"reference": f"Patient/{patient['id']}"}, "medicationCodeableConcept": OCRELIZUMAB}
     return {"hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
             "context": {"userId": "Practitioner/example", "patientId": patient["id"],
                         "draftOrders": _bundle([order])},
-            "prefetch": {"patient": patient, "labs": labs, "conditions": _bundle([]),
-                         "administrations": _bundle([])}}
+            "prefetch": {**{key: _bundle([]) for key in keys}, "patient": patient, "labs": labs}}
 
 
 def _quantity(loinc: str, value: float, unit: str, days_ago: int, low: float | None = None,

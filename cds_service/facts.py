@@ -7,7 +7,7 @@ The facts about what is being ordered (the rules' anchor) are built in anchors.p
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -24,7 +24,7 @@ from .units import Units
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 EXCLUDED_VERIFICATION = {"refuted", "entered-in-error"}
 ACTIVE_MEDICATION = {"MedicationRequest": {"active", "draft"}, "MedicationStatement": {"active", "intended"}}
-EVERY_RESULT_CAP = 50  # newest results kept for analytes where any recent one counts (temperature)
+EVERY_RESULT_CAP = 50  # most results kept for analytes where any recent one counts (every_result_days)
 DEFAULT_LIMITS = {"alt": "high", "ast": "high", "alp": "high", "bilirubin": "high", "igg": "low"}
 GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose history",
                 "medications": "the medication list", "allergies": "the allergy list",
@@ -72,21 +72,30 @@ class FactBuilder:
         return "unknown"
 
     def _lab_facts(self, observations: list[dict[str, Any]], sex: str, now: datetime) -> list[dict[str, Any]]:
-        readings: dict[str, list[LabResult | Unreadable]] = {}
+        """The latest readable result per analyte (every recent one where any counts), and each result
+        newer than it that could not be read. Results are read newest first and only as far as needed:
+        a long record's older results are never validated."""
+        by_analyte: dict[str, list[dict[str, Any]]] = {}
         for resource in observations:
             analyte = self._labs.analyte_of(resource)
-            reading = self._labs.read(resource, analyte) if analyte else None
-            if reading is not None:
-                readings.setdefault(analyte, []).append(reading)
+            if analyte:
+                by_analyte.setdefault(analyte, []).append(resource)
         facts = []
-        for analyte, found in readings.items():
-            usable = sorted((r for r in found if isinstance(r, LabResult)), key=lambda r: r.when, reverse=True)
-            latest = usable[0] if usable else None
-            for bad in found:
-                if isinstance(bad, Unreadable) and (latest is None or bad.when is None or bad.when > latest.when):
-                    facts.append(self._unreadable_fact(bad))
-            keep = usable[:EVERY_RESULT_CAP] if self._analytes[analyte].get("every_result") else usable[:1]
-            facts += [self._lab_fact(lab, sex, now) for lab in keep]
+        for analyte, resources in by_analyte.items():
+            days = self._analytes[analyte].get("every_result_days")
+            wanted = EVERY_RESULT_CAP if days else 1
+            usable: list[LabResult] = []
+            for resource in sorted(resources, key=_stated_time, reverse=True):
+                if usable and days and (now - _stated_time(resource)).days > days:
+                    break
+                reading = self._labs.read(resource, analyte)
+                if isinstance(reading, Unreadable) and not usable:
+                    facts.append(self._unreadable_fact(reading))
+                elif isinstance(reading, LabResult):
+                    usable.append(reading)
+                    if len(usable) == wanted:
+                        break
+            facts += [self._lab_fact(lab, sex, now) for lab in sorted(usable, key=lambda r: r.when, reverse=True)]
         return facts
 
     def _lab_fact(self, lab: LabResult, sex: str, now: datetime) -> dict[str, Any]:
@@ -233,6 +242,21 @@ class FactBuilder:
             if given is not None:
                 facts.append({"kind": "vaccine", "live": kind[0], "display": kind[1], **_age(as_datetime(given), now)})
         return facts
+
+
+def _stated_time(resource: dict[str, Any]) -> datetime:
+    """When an Observation says it was taken, read cheaply from its JSON to decide the reading order; one
+    whose time cannot be read sorts first, so that it is read (and reported) rather than skipped."""
+    period = resource.get("effectivePeriod")
+    for value in (resource.get("effectiveDateTime"), resource.get("effectiveInstant"),
+                  period.get("end") if isinstance(period, dict) else None,
+                  period.get("start") if isinstance(period, dict) else None, resource.get("issued")):
+        if isinstance(value, str):
+            try:
+                return as_datetime(value)
+            except ValueError:
+                break
+    return datetime.max.replace(tzinfo=timezone.utc)
 
 
 def _age(when: datetime, now: datetime) -> dict[str, Any]:

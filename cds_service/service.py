@@ -181,10 +181,18 @@ def _index_resources(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any
 def _check_size(request: hooks.HookRequest, limit: int) -> None:
     """Refuse, before any work, a request bringing more resources than the service reads: the caller picks
     how many it sends, and reading each one takes time every other caller waits for."""
-    count = len(prefetch.resources_in(request.context.get("draftOrders")))
-    count += sum(len(prefetch.resources_in(value)) for value in (request.prefetch or {}).values())
+    values = [request.context.get("draftOrders"), *(request.prefetch or {}).values()]
+    count = sum(_size(value) for value in values)
     if count > limit:
         raise hooks.InvalidRequest(f"the request carries {count} FHIR resources; this service reads at most {limit}")
+
+
+def _size(value: Any) -> int:
+    """How many resources a context or prefetch value holds, counted without reading them."""
+    if not isinstance(value, dict):
+        return 0
+    entries = value.get("entry")
+    return len(entries) if isinstance(entries, list) else 1
 
 
 def _index(bundle: Any, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -95,6 +95,7 @@ def _sequence(names: list[str], count: int) -> list[str]:
 
 
 def test_more_requests_than_engine_sessions_each_get_their_first_answer(client, bodies):
+    """1500 hook calls in one process, past the 1024 sessions durable-rules holds, none answered differently."""
     first: dict[str, Any] = {}
     for name in _sequence(list(bodies), 1500):
         service_id, body = bodies[name]
@@ -128,7 +129,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     port, home = _free_port(), tmp_path_factory.mktemp("server")
     log_path = home / "server.log"
     env = {**os.environ, "CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": NOW.isoformat().replace("+00:00", "Z"),
-           "WEB_CONCURRENCY": "2", "XDG_RUNTIME_DIR": str(home)}
+           "WEB_CONCURRENCY": "2"}
     with log_path.open("wb") as log:
         process = subprocess.Popen([str(BIN / "cds-service"), "serve", "--host", "127.0.0.1", "--port", str(port)],
                                    env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -169,15 +170,18 @@ def test_concurrent_requests_to_a_real_server_each_get_the_answer_they_get_alone
     alone = {name: post(requests, name) for name in bodies}
     assert all(status == 200 for status, _ in alone.values()), alone
     assert MISSING_RULES <= _rules(alone["no-labs"][1]) and not THRESHOLD_RULES & _rules(alone["no-labs"][1])
-    local = threading.local()
+    local, sessions = threading.local(), []
 
     def send(name: str) -> tuple[str, tuple[int, Any]]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
+            sessions.append(local.session)
         return name, post(local.session, name)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         answers = list(pool.map(send, _sequence(list(bodies), 400)))
+    for session in sessions:
+        session.close()
     wrong = [name for name, answer in answers if answer != alone[name]]
     assert not wrong, f"{len(wrong)} of {len(answers)} answers differ from the answer alone, e.g. {wrong[:5]}"
     log = log_path.read_text()
@@ -200,6 +204,7 @@ def engine_inputs(book, bodies) -> list[tuple[dict[str, Any], list[dict[str, Any
 
 
 def test_engine_hammered_from_many_threads_gives_the_sequential_findings(book, engine_inputs):
+    """8 threads x 500 evaluations on one Engine: no crash, and every result as when evaluated alone."""
     engine = Engine(book)
     expected = [engine.evaluate(anchor, record) for anchor, record in engine_inputs]
     assert len({frozenset(f.rule_id for f in findings) for findings in expected}) >= 5
