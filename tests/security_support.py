@@ -133,7 +133,15 @@ def free_port() -> int:
 
 @contextmanager
 def serve(env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[str]:
-    """`cds-service serve` as its own process on a free loopback port; yields its base URL.
+    """`cds-service serve` as its own process on a free loopback port; yields its base URL."""
+    with serve_process(env, log_path, port) as (base, _):
+        yield base
+
+
+@contextmanager
+def serve_process(env: dict[str, str], log_path: Path,
+                  port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`cds-service serve` as its own process; yields its base URL and the process (gunicorn's master).
 
     `env` is laid over the environment with the CDS_ settings cleared first (but for the session's
     scratch feedback store), so the caller says exactly how the service is configured.
@@ -147,7 +155,7 @@ def serve(env: dict[str, str], log_path: Path, port: int | None = None) -> Itera
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(base, process, log_path)
-        yield base
+        yield base, process
     finally:
         process.terminate()
         try:

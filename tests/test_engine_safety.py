@@ -8,13 +8,8 @@ real `cds-service serve` process and straight into the engine from many threads.
 """
 from __future__ import annotations
 
-import os
 import random
-import socket
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,6 +22,7 @@ import fhir_builders as fb
 from cds_service.engine import Engine
 from cds_service.service import CdsService
 from conftest import NOW
+from security_support import serve
 
 THRESHOLD_RULES = {"hbv-active", "hbv-resolved-infection", "igg-low", "liver-injury", "liver-enzymes-elevated",
                    "neutropenia"}
@@ -34,7 +30,6 @@ MISSING_RULES = {"hbv-screening-missing", "igg-missing", "liver-tests-missing", 
 POSITIVE, NEGATIVE = "10828004", "260385009"
 OCREVUS, KESIMPTA, RITUXAN, TRUXIMA = (cb.concept(c) for c in (cb.OCREVUS, cb.KESIMPTA, cb.RITUXAN, cb.TRUXIMA))
 METFORMIN = cb.concept({"system": fb.RXNORM, "code": "860975", "display": "metformin 500 MG Oral Tablet"})
-BIN = Path(sys.executable).parent
 
 BAD_LABS = [
     fb.serology(fb.HBSAG, days_ago=20, snomed=POSITIVE),
@@ -117,46 +112,14 @@ def test_no_fact_carries_over_to_the_next_patient(client, bodies):
     assert other == {"cards": []}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """`cds-service serve` as a separate process on a free loopback port: (base URL, its log file)."""
-    port, home = _free_port(), tmp_path_factory.mktemp("server")
-    log_path = home / "server.log"
-    env = {**os.environ, "CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": NOW.isoformat().replace("+00:00", "Z"),
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {"CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": NOW.isoformat().replace("+00:00", "Z"),
            "WEB_CONCURRENCY": "2"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([str(BIN / "cds-service"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(base, process, log_path)
+    with serve(env, log_path) as base:
         yield base, log_path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
-def _wait_until_up(base: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited with {process.returncode}:\n{log_path.read_text()}"
-        try:
-            if requests.get(f"{base}/cds-services", timeout=1).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"server did not answer within 30 s:\n{log_path.read_text()}")
 
 
 def test_concurrent_requests_to_a_real_server_each_get_the_answer_they_get_alone(server, bodies):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from security_support import BIN, KEPT_SETTINGS, example_request, free_port, serve
+from security_support import example_request, serve, serve_process
 
 ADMIN = "reload-test-admin-token"
 ORDER = "cardiac-history--heart-failure.json"  # gets a cardiac-history card until the rule is disabled
@@ -67,46 +66,12 @@ def test_a_bad_set_is_refused_and_the_running_one_stays(tmp_path, overrides):
 
 
 def test_sighup_reloads_a_good_set_and_ignores_a_bad_one(tmp_path, overrides):
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CDS_") or k in KEPT_SETTINGS},
-           **_env(overrides)}
-    log = (tmp_path / "serve.log").open("wb")
-    master = subprocess.Popen([str(BIN / "cds-service"), "serve", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait(base, master)
+    with serve_process(_env(overrides), tmp_path / "serve.log") as (base, master):
         overrides.write_text("thresholds:\n  neutrophils:\n    critical_bellow: 0.4\n")
-        os.kill(_gunicorn_master(master), signal.SIGHUP)
+        os.kill(master.pid, signal.SIGHUP)  # `serve` runs gunicorn's master in its own process
         time.sleep(1)
         _all_workers(base, has_rule=True, seconds=3)
         assert "rules not reloaded" in (tmp_path / "serve.log").read_text()
         overrides.write_text("rules:\n  cardiac-history:\n    enabled: false\n")
-        os.kill(_gunicorn_master(master), signal.SIGHUP)
+        os.kill(master.pid, signal.SIGHUP)
         _all_workers(base, has_rule=False)
-    finally:
-        master.terminate()
-        try:
-            master.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            master.wait(timeout=5)
-        log.close()
-
-
-def _gunicorn_master(process: subprocess.Popen) -> int:
-    """`serve` re-executes itself in place (same pid) to set up shared metrics: the pid is the master's."""
-    return process.pid
-
-
-def _wait(base: str, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "server exited"
-        try:
-            requests.get(f"{base}/healthz", timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    raise AssertionError("server did not start")
-
