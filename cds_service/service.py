@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import cards, hooks, observability, prefetch, rulebook
-from .anchors import Anchors, OrderedDrug, prior_depletion, therapy_fact
+from .anchors import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
 from .engine import Engine, Finding
 from .facts import FactBuilder
 from .rulebook import Rulebook
@@ -123,13 +123,7 @@ class CdsService:
         bundle = {**_index_resources(record.resources), **(orders.bundle if orders else {})}
         exclude = {f"{r.get('resourceType')}/{r.get('id')}" for r in drafts}
         doses = rules.anchors.doses(record.resources, bundle, exclude)
-        facts = rules.facts.record(record.resources + drafts, record.gaps, now)
-        facts += prior_depletion(record.resources, rules.facts.catalogue, bundle, now)
-        therapy = therapy_fact(doses, now)
-        if therapy:
-            facts.append(therapy)
-        for drug in orders.drugs if orders else ():
-            facts.append({"kind": "pending_order", "short": drug.product.data["short"]})
+        facts = _record_facts(rules, record, orders, doses, bundle, now)
         if orders is None:
             anchor = rules.anchors.therapy(doses, request.hook, now)
             return rules.engine.evaluate(anchor, facts) if anchor else []
@@ -167,6 +161,20 @@ class CdsService:
             if vaccine:
                 orders.vaccines.append(vaccine)
         return orders
+
+
+def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders | None, doses: list[Dose],
+                  bundle: dict[str, dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """Everything the rules may match besides their anchor: the record, past therapy, pending orders."""
+    drafts = orders.drafts if orders else []
+    facts = rules.facts.record(record.resources + drafts, record.gaps, now)
+    facts += prior_depletion(record.resources, rules.facts.catalogue, bundle, now)
+    therapy = therapy_fact(doses, now)
+    if therapy:
+        facts.append(therapy)
+    for drug in orders.drugs if orders else ():
+        facts.append({"kind": "pending_order", "short": drug.product.data["short"]})
+    return facts
 
 
 def _selected(resource: dict[str, Any], selections: set[str]) -> bool:
