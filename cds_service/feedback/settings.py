@@ -33,7 +33,7 @@ class StoreSettings:
         env = dict(os.environ if env is None else env)
         admin_token = env.get("CDS_ADMIN_TOKEN") or None
         if serving and dev and admin_token is None:
-            log.warning("DEVELOPMENT MODE: CDS_ADMIN_TOKEN is not set; /admin/report is open to anyone")
+            log.warning("DEVELOPMENT MODE: CDS_ADMIN_TOKEN is not set; the admin endpoints (/admin/report, /admin/reload) are open to anyone")
         return cls(
             database_url=env.get("CDS_DATABASE_URL") or DEFAULT_DATABASE_URL,
             patient_hash_key=_patient_hash_key(env.get("CDS_PATIENT_HASH_KEY", ""), dev, serving),
