@@ -22,7 +22,9 @@ test: $(BIN)/cds-service
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(BIN)/cds-service
-	$(BIN)/python bench/bench.py
+	@status=0; for script in bench fetch_bench load_bench; do \
+		echo "== bench/$$script.py"; $(BIN)/python bench/$$script.py || status=1; echo; \
+	done; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache

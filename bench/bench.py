@@ -155,7 +155,7 @@ def _server() -> Iterator[str]:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": "2026-11-21T12:00:00Z",
-               "WEB_CONCURRENCY": "2"}
+               "WEB_CONCURRENCY": "2", "CDS_DATABASE_URL": f"sqlite:///{home}/bench.db"}
         log_path = Path(home) / "server.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen([str(Path(sys.executable).parent / "cds-service"), "serve",

@@ -12,7 +12,7 @@ import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,9 @@ class Store:
         self.engine = _engine(settings.database_url)
         self.clock = clock
         self._lock = threading.Lock()
+        # SQLite lets one writer in at a time and makes the others sleep in growing steps (up to 100 ms):
+        # a worker's threads queue here instead, so only the worker processes ever meet SQLite's lock.
+        self._writers = threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
         self._schema_ready = False
 
     def close(self) -> None:
@@ -74,7 +77,7 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as connection:
+            with self._writers, self.engine.begin() as connection:
                 yield connection
         except UNAVAILABLE as e:
             raise StoreUnavailable(type(getattr(e, "orig", None) or e).__name__) from e
