@@ -175,3 +175,16 @@ def cards_by_rule(response: dict[str, Any]) -> dict[str, dict[str, Any]]:
     by_rule = {c["source"]["topic"]["code"]: c for c in cards}
     assert len(by_rule) == len(cards), "more than one card for the same rule"
     return by_rule
+
+
+def asker(client: Any) -> Any:
+    """ask(**request): POST a built hook request (order-sign unless `hook=`) to the service for its hook,
+    answering every prefetch key the service declares; the 200 response's cards by rule id."""
+    keys = declared_keys(client.get("/cds-services").get_json())
+
+    def ask(*, hook: str = "order-sign", **request: Any) -> dict[str, Any]:
+        response = client.post(f"/cds-services/cd20-{hook}", json=hook_request(hook=hook, keys=keys, **request))
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return cards_by_rule(response.get_json())
+
+    return ask

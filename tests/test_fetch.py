@@ -277,23 +277,23 @@ class Scripted:
         return [c for c in self.calls if urlsplit(c.path).path.startswith(f"/fhir/{resource_type}")]
 
 
-@pytest.fixture
-def scripted() -> Iterator[Scripted]:
+def _running() -> Iterator[Scripted]:
     server = Scripted()
     server.thread.start()
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    yield from _running()
 
 
 @pytest.fixture
 def elsewhere() -> Iterator[Scripted]:
     """A second server: one the token must never reach."""
-    server = Scripted()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    yield from _running()
 
 
 @pytest.fixture

@@ -38,15 +38,7 @@ INTERPRETATIONS = [
 
 @pytest.fixture(scope="module")
 def ask(client):
-    """POST a built hook request; the 200 response's cards by rule id."""
-    keys = fb.declared_keys(client.get("/cds-services").get_json())
-
-    def ask(**request):
-        response = client.post("/cds-services/cd20-order-sign", json=fb.hook_request(keys=keys, **request))
-        assert response.status_code == 200, response.get_data(as_text=True)
-        return fb.cards_by_rule(response.get_json())
-
-    return ask
+    return fb.asker(client)
 
 
 def assert_hbsag_read_as(cards: dict, answer: str) -> None:

@@ -21,15 +21,7 @@ LIVER_LABELS = {ALT: "ALT", AST: "AST", ALP: "alkaline phosphatase", BILIRUBIN: 
 
 @pytest.fixture(scope="module")
 def ask(client):
-    """POST a built hook request to the service for its hook; the 200 response's cards by rule id."""
-    keys = fb.declared_keys(client.get("/cds-services").get_json())
-
-    def ask(*, hook: str = "order-sign", **request):
-        response = client.post(f"/cds-services/cd20-{hook}", json=fb.hook_request(hook=hook, keys=keys, **request))
-        assert response.status_code == 200, response.get_data(as_text=True)
-        return fb.cards_by_rule(response.get_json())
-
-    return ask
+    return fb.asker(client)
 
 
 def indicator(cards: dict, rule: str) -> str | None:

@@ -36,15 +36,7 @@ FAMILIES = {"cell_count": ANC_UNITS, "enzyme": ENZYME_UNITS, "bilirubin": BILIRU
 
 @pytest.fixture(scope="module")
 def ask(client):
-    """POST a built hook request; the 200 response's cards by rule id."""
-    keys = fb.declared_keys(client.get("/cds-services").get_json())
-
-    def ask(**request):
-        response = client.post("/cds-services/cd20-order-sign", json=fb.hook_request(keys=keys, **request))
-        assert response.status_code == 200, response.get_data(as_text=True)
-        return fb.cards_by_rule(response.get_json())
-
-    return ask
+    return fb.asker(client)
 
 
 def _key(unit: str) -> str:
