@@ -94,8 +94,7 @@ class Engine:
             return self._host.findings
         finally:
             self._host.findings = []
-            for fact in reversed(facts):
-                self._call(self._host.retract_fact, fact)
+            self._call(self._host.retract_facts, facts[::-1])
             if self._host.get_facts(self._name, SID):
                 log.error("rules engine session not empty after an evaluation; rebuilding the engine")
                 self._build()
