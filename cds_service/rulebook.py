@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class Rulebook:
     rules: dict[str, Rule]
     ruleset: dict[str, Any] = field(repr=False)  # durable-rules JSON definition
 
-    @property
+    @cached_property
     def variants(self) -> dict[str, Variant]:
         return {v.name: v for rule in self.rules.values() for v in rule.variants}
 
