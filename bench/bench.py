@@ -148,27 +148,34 @@ def _machine() -> str:
 
 
 @contextmanager
-def _server() -> Iterator[str]:
-    """`cds-service serve` on a free loopback port, as in production (gunicorn, 2 workers)."""
+def serve_process(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`cds-service serve` on a free loopback port with `env`: its URL and process; stopped afterwards."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "cds-service"), "serve",
+                                    "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log)
+    try:
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def _server() -> Iterator[str]:
+    """`cds-service serve` as in production (gunicorn, 2 workers), in development mode with a frozen clock."""
     with tempfile.TemporaryDirectory() as home:
         env = {**os.environ, "CDS_DEV": "1", "CDS_AUTH": "off", "CDS_NOW": "2026-11-21T12:00:00Z",
                "WEB_CONCURRENCY": "2", "CDS_DATABASE_URL": f"sqlite:///{home}/bench.db"}
         log_path = Path(home) / "server.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen([str(Path(sys.executable).parent / "cds-service"), "serve",
-                                        "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log)
-        try:
-            yield _wait_until_up(f"http://127.0.0.1:{port}", process, log_path)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        with serve_process(env, log_path) as (url, process):
+            yield _wait_until_up(url, process, log_path)
 
 
 def _wait_until_up(base: str, process: subprocess.Popen, log_path: Path) -> str:

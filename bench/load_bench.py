@@ -29,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from pathlib import Path
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from bench import SERVICE, _machine, _raw, _typical_body
+from bench import SERVICE, _machine, _raw, _typical_body, serve_process
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "load_bench.lua"
@@ -257,31 +256,18 @@ def _wrk() -> str:
 @contextmanager
 def _server(home: Path) -> Iterator[Server]:
     """`cds-service serve` with its default workers on a free loopback port, stopped afterwards."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     metrics = home / "metrics"
     env = {k: v for k, v in os.environ.items() if k not in ("CDS_THREADS", "CDS_LOG_LEVEL")}
     env.update(CDS_DEV="1", CDS_AUTH="off", CDS_NOW="2026-11-21T12:00:00Z", WEB_CONCURRENCY=str(WORKERS),
                PROMETHEUS_MULTIPROC_DIR=str(metrics), CDS_DATABASE_URL=f"sqlite:///{home / 'cds.db'}")
     log_path = home / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([str(Path(sys.executable).parent / "cds-service"), "serve", "--host", "127.0.0.1",
-                                    "--port", str(port)], env=env, stdout=log, stderr=log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_until_ready(url, process)
-        yield Server(url, port, process.pid, metrics)
-    except NotMeasured as e:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-        raise NotMeasured(f"{e}\nthe server's log ends:\n{tail}") from e
-    finally:
-        process.terminate()
+    with serve_process(env, log_path) as (url, process):
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            _wait_until_ready(url, process)
+            yield Server(url, int(url.rsplit(":", 1)[1]), process.pid, metrics)
+        except NotMeasured as e:  # not ready, or calls failing under load: show why
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+            raise NotMeasured(f"{e}\nthe server's log ends:\n{tail}") from e
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen) -> None:
