@@ -28,20 +28,21 @@ def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patie
         by_rule.setdefault(finding.rule_id, []).append(finding)
     suppressed = {s for rule_id in by_rule for s in rulebook.rules[rule_id].suppresses}
     order = list(rulebook.rules)
+    thresholds = _namespace(rulebook.thresholds)
     cards = [
-        _card(rulebook.rules[rule_id], group, rulebook, hook_instance, patient_id)
+        _card(rulebook.rules[rule_id], group, rulebook, thresholds, hook_instance, patient_id)
         for rule_id, group in by_rule.items() if rule_id not in suppressed
     ]
     cards.sort(key=lambda c: (INDICATOR_RANK[c["indicator"]], order.index(c["source"]["topic"]["code"])))
     return cards
 
 
-def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
+def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: SimpleNamespace, hook_instance: str,
+          patient_id: str) -> dict[str, Any]:
     variants = rulebook.variants
     top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
     chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
                     key=_severity, reverse=True)
-    thresholds = _namespace(rulebook.thresholds)
     summaries = _unique(_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen)
     order = chosen[0].bindings["order"]
     summary = summaries[0]

@@ -10,6 +10,10 @@ What durable-rules 2.0.28 does not tolerate, and how this module copes:
   engine is rebuilt rather than trusted;
 - a fact that matches nothing raises MessageNotHandledException, and a fact asserted twice raises
   MessageObservedException: facts are de-duplicated first, and neither is an error here.
+
+An evaluation is a pure function of its facts, and durable-rules is a fifth of a hook call's cost; an EHR
+asks about the same order and record several times (order-select at each change to the draft, then
+order-sign). So the findings for the last EVALUATIONS_KEPT distinct fact sets are remembered.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import itertools
 import json
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +31,7 @@ from .rulebook import Rulebook
 
 log = logging.getLogger(__name__)
 SID = "0"
+EVALUATIONS_KEPT = 1024
 _generation = itertools.count()
 
 
@@ -62,12 +68,14 @@ class _Host(durable.Host):
 class Engine:
     """Evaluates one order's facts against the rulebook; safe to call from many threads."""
 
-    def __init__(self, rulebook: Rulebook) -> None:
+    def __init__(self, rulebook: Rulebook, remembered: int = EVALUATIONS_KEPT) -> None:
         self._rulebook = rulebook
         self._lock = threading.Lock()
+        self._remembered: OrderedDict[str, list[Finding]] = OrderedDict()
+        self._kept = remembered
         with self._lock:
             self._build()
-            self._run([], {"kind": "warm-up"})
+            self._run([{"kind": "warm-up", "sid": SID}])
 
     def evaluate(self, order: dict[str, Any], record: list[dict[str, Any]]) -> list[Finding]:
         """Findings for one ordered product given the patient's record facts.
@@ -75,8 +83,18 @@ class Engine:
         The record is asserted before the order: rules with `unless` patterns are decided when the
         order arrives, so everything they might be waiting for must already be there.
         """
+        facts = _distinct([{**fact, "sid": SID} for fact in record] + [{**order, "sid": SID}])
+        key = "\n".join(facts)
         with self._lock:
-            return self._run(record, order)
+            findings = self._remembered.get(key)
+            if findings is None:
+                findings = self._run(list(facts.values()))
+                self._remembered[key] = findings
+                if len(self._remembered) > self._kept:
+                    self._remembered.popitem(last=False)
+            else:
+                self._remembered.move_to_end(key)
+            return list(findings)
 
     def _build(self) -> None:
         self._name = f"cd20-{next(_generation)}"
@@ -84,8 +102,8 @@ class Engine:
         # durable-rules deletes 'run' from the definition it is given: hand it a copy
         self._host.set_rulesets({self._name: {n: dict(r) for n, r in self._rulebook.ruleset.items()}})
 
-    def _run(self, record: list[dict[str, Any]], order: dict[str, Any]) -> list[Finding]:
-        facts = _distinct([{**fact, "sid": SID} for fact in record]) + [{**order, "sid": SID}]
+    def _run(self, facts: list[dict[str, Any]]) -> list[Finding]:
+        """Assert the record's facts, then the order (the last one); retract them all afterwards."""
         self._host.findings = []
         try:
             for batch in (facts[:-1], facts[-1:]):
@@ -106,15 +124,12 @@ class Engine:
             pass
 
 
-def _distinct(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """durable-rules keeps one copy of identical facts; assert each once so retraction stays exact."""
-    seen: set[str] = set()
-    unique = []
+def _distinct(facts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each fact once, by its canonical JSON, in order: durable-rules keeps one copy of identical facts,
+    so asserting each once keeps retraction exact."""
+    unique: dict[str, dict[str, Any]] = {}
     for fact in facts:
-        key = json.dumps(fact, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            unique.append(fact)
+        unique.setdefault(json.dumps(fact, sort_keys=True, default=str), fact)
     return unique
 
 

@@ -2,11 +2,18 @@
 
 Only Observations whose LOINC code a rule uses are read; each is validated with the FHIR R4B model
 first, because a value from a malformed resource is no value to dose on.
+
+Validation is most of the cost of a hook call (about 0.2 ms per Observation), and an EHR sends the same
+results again and again: order-select fires at each change to the draft order, then order-sign, each
+with the patient's same labs. Reading is a pure function of the resource's content, so readings are
+remembered by that content (its JSON text), for the last READINGS_KEPT distinct results read.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from fhir.resources.R4B.observation import Observation
@@ -15,6 +22,7 @@ from pydantic import ValidationError
 from .units import UnknownUnit, Units
 
 IGNORED_STATUS = {"entered-in-error", "cancelled", "registered"}
+READINGS_KEPT = 4096  # a few hundred patients' results: a few MB at most
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class LabReader:
         self._by_code = {(loinc, code): name for name, a in self._analytes.items() for code in a["loinc"]}
         self._answers = _answer_table(valuesets["qualitative"], valuesets["systems"])
         self._units = units
+        self._read_text = lru_cache(maxsize=READINGS_KEPT)(self._read_text_uncached)
 
     def analyte_of(self, resource: dict[str, Any]) -> str | None:
         """The analyte an Observation reports, judged from its raw JSON (cheap: used as a filter)."""
@@ -61,8 +70,11 @@ class LabReader:
         """None for results that do not count at all (entered in error, cancelled)."""
         if resource.get("status") in IGNORED_STATUS:
             return None
+        return self._read_text(json.dumps(resource, separators=(",", ":")), analyte)
+
+    def _read_text_uncached(self, text: str, analyte: str) -> LabResult | Unreadable:
         try:
-            obs = Observation.model_validate(resource)
+            obs = Observation.model_validate(json.loads(text))
         except ValidationError as e:
             fields = sorted({".".join(str(p) for p in err["loc"]) for err in e.errors()})
             return Unreadable(analyte, None, "is not valid FHIR (" + ", ".join(fields[:3]) + ")")

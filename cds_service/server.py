@@ -7,6 +7,7 @@ stop it booting (which would halt the whole server) nor slip past validation."""
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from gunicorn.arbiter import Arbiter
 
 from . import rulebook
 
+REQUESTS_PER_CONNECTION = 100  # nginx's keepalive_requests, for the reason given in _spread_connections
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _TEMPORARY_METRICS_DIR = "CDS_METRICS_DIR_IS_TEMPORARY"
 _MASTER_PID = "CDS_GUNICORN_MASTER_PID"
@@ -38,7 +40,9 @@ class _Gunicorn(BaseApplication):
         from .app import build_service, create_app
         from .config import Settings
 
-        return create_app(build_service(Settings.from_env(), book=self.book))
+        app = create_app(build_service(Settings.from_env(), book=self.book))
+        gc.freeze()  # what start-up built lives as long as the worker: keep the collector from rescanning it
+        return app
 
     def run(self) -> None:
         _CheckedReload(self).run()
@@ -92,6 +96,17 @@ def _worker_exited(server, worker) -> None:
     multiprocess.mark_process_dead(worker.pid)
 
 
+def _spread_connections(worker, req) -> None:
+    """Close each kept-alive connection after REQUESTS_PER_CONNECTION requests ("Connection: close").
+
+    A connection's requests all go to the worker that accepted it, and a gthread worker accepts whatever
+    is pending when it wakes (gunicorn issue #3433): a client's connections often all land on one worker,
+    one core, while the other idles, and stay there. Reconnecting now and then lets them spread out: the
+    worker with time to spare is the one that wins the race to accept."""
+    if req.req_number % REQUESTS_PER_CONNECTION == 0:
+        req.force_close()
+
+
 def reload_other_workers() -> None:
     """After one worker reloaded its rules (POST /admin/reload), have gunicorn's master reload them all:
     SIGHUP, which it answers by checking the rules itself and restarting the workers gracefully."""
@@ -113,4 +128,5 @@ def run(host: str, port: int, workers: int, threads: int, book: rulebook.Ruleboo
         "graceful_timeout": 10,
         "control_socket_disable": True,  # gunicorn >= 25.1 would open a management socket in $HOME
         "child_exit": _worker_exited,
+        "pre_request": _spread_connections,
     }, book).run()

@@ -8,7 +8,9 @@ real `cds-service serve` process and straight into the engine from many threads.
 """
 from __future__ import annotations
 
+import json
 import random
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +21,7 @@ import requests
 
 import cd20_builders as cb
 import fhir_builders as fb
+from cds_service import cards
 from cds_service.engine import Engine
 from cds_service.service import CdsService
 from conftest import NOW
@@ -84,6 +87,12 @@ def _rules(response: dict[str, Any]) -> set[str]:
     return {card["source"]["topic"]["code"] for card in response["cards"]}
 
 
+def _afresh(body: dict[str, Any], n: int) -> dict[str, Any]:
+    """The body with its draft orders renamed ("order-1" -> "order-<n>-1"): the same question, which the
+    engine has not answered yet (it remembers answers by their facts, the order's id among them)."""
+    return json.loads(re.sub(r"order-(\d)", rf"order-{n}-\1", json.dumps(body)))
+
+
 def _sequence(names: list[str], count: int) -> list[str]:
     """Bodies in a fixed random order (every body comes after every other), bad labs then no labs first."""
     return ["bad-labs", "no-labs"] + random.Random(1024).choices(names, k=count - 2)
@@ -92,9 +101,9 @@ def _sequence(names: list[str], count: int) -> list[str]:
 def test_more_requests_than_engine_sessions_each_get_their_first_answer(client, bodies):
     """1500 hook calls in one process, past the 1024 sessions durable-rules holds, none answered differently."""
     first: dict[str, Any] = {}
-    for name in _sequence(list(bodies), 1500):
+    for n, name in enumerate(_sequence(list(bodies), 1500)):
         service_id, body = bodies[name]
-        response = client.post(f"/cds-services/{service_id}", json=body)
+        response = client.post(f"/cds-services/{service_id}", json=_afresh(body, n))
         assert response.status_code == 200, (name, response.get_json())
         assert first.setdefault(name, response.get_json()) == response.get_json(), name
 
@@ -125,9 +134,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def test_concurrent_requests_to_a_real_server_each_get_the_answer_they_get_alone(server, bodies):
     base, log_path = server
 
-    def post(http: Any, name: str) -> tuple[int, Any]:
+    def post(http: Any, name: str, n: int = 0) -> tuple[int, Any]:
         service_id, body = bodies[name]
-        response = http.post(f"{base}/cds-services/{service_id}", json=body, timeout=10)
+        response = http.post(f"{base}/cds-services/{service_id}", json=_afresh(body, n), timeout=10)
         return response.status_code, response.json()
 
     alone = {name: post(requests, name) for name in bodies}
@@ -135,14 +144,14 @@ def test_concurrent_requests_to_a_real_server_each_get_the_answer_they_get_alone
     assert MISSING_RULES <= _rules(alone["no-labs"][1]) and not THRESHOLD_RULES & _rules(alone["no-labs"][1])
     local, sessions = threading.local(), []
 
-    def send(name: str) -> tuple[str, tuple[int, Any]]:
+    def send(n: int, name: str) -> tuple[str, tuple[int, Any]]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
             sessions.append(local.session)
-        return name, post(local.session, name)
+        return name, post(local.session, name, n + 1)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(send, _sequence(list(bodies), 400)))
+        answers = list(pool.map(send, *zip(*enumerate(_sequence(list(bodies), 400)))))
     for session in sessions:
         session.close()
     wrong = [name for name, answer in answers if answer != alone[name]]
@@ -168,7 +177,7 @@ def engine_inputs(book, bodies) -> list[tuple[dict[str, Any], list[dict[str, Any
 
 def test_engine_hammered_from_many_threads_gives_the_sequential_findings(book, engine_inputs):
     """8 threads x 500 evaluations on one Engine: no crash, and every result as when evaluated alone."""
-    engine = Engine(book)
+    engine = Engine(book, remembered=0)  # each evaluation goes to durable-rules
     expected = [engine.evaluate(anchor, record) for anchor, record in engine_inputs]
     assert len({frozenset(f.rule_id for f in findings) for findings in expected}) >= 5
     start = threading.Barrier(8)
@@ -185,3 +194,14 @@ def test_engine_hammered_from_many_threads_gives_the_sequential_findings(book, e
     with ThreadPoolExecutor(max_workers=8) as pool:
         wrong = [n for found in pool.map(hammer, range(8)) for n in found]
     assert not wrong, f"{len(wrong)} of 4000 evaluations differ from the sequential findings"
+
+
+def test_remembered_findings_are_the_findings_of_a_fresh_evaluation(book, engine_inputs):
+    """Asked again, the engine answers from memory: the same findings as durable-rules gives afresh,
+    also after the cards of the first answer were built from them."""
+    remembering, fresh = Engine(book), Engine(book, remembered=0)
+    for _ in range(3):
+        for anchor, record in engine_inputs:
+            findings = remembering.evaluate(anchor, record)
+            assert findings == fresh.evaluate(anchor, record)
+            cards.build(findings, book, "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "patient-1")

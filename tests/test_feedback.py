@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -93,6 +94,8 @@ def issued_card(card_uuid: str, rule_id: str, indicator: str) -> dict[str, Any]:
 
 
 def table(store: Store, model: type) -> list[Any]:
+    """The table's rows, once the issued cards queued so far are written."""
+    assert store.flush(30)
     with store.transaction() as connection:
         return connection.execute(select(model.__table__)).all()
 
@@ -172,6 +175,7 @@ def test_feedback_on_issued_cards_is_counted_per_rule_and_indicator(http, store,
     sandbox_reason = {"code": "result-elsewhere", "system": OVERRIDE_SYSTEM}  # no display, as the sandbox sends
     response = http.post(FEEDBACK, json={"feedback": [accepted(screening), overridden(igg["uuid"], **sandbox_reason)]})
     assert (response.status_code, response.get_json()) == (200, {})
+    assert store.flush(30)  # the calls' cards are written a moment after the calls are answered
     code, out = run_cli(monkeypatch, capsys, store.settings.database_url, "report")
     assert code == 0, out
     rows = report_rows(out)
@@ -260,6 +264,29 @@ def test_feedback_for_an_unknown_service_is_404(http, store):
     assert table(store, Feedback) == []
 
 
+@contextmanager
+def table_locked(request: pytest.FixtureRequest, database_url: str) -> Iterator[None]:
+    """Another client holds the write lock for a while: all of SQLite, or PostgreSQL's issued_cards table."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        with outage(request, database_url):
+            yield
+        return
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE issued_cards IN ACCESS EXCLUSIVE MODE")
+        yield
+
+
+def test_a_hook_call_does_not_wait_for_the_database_and_its_cards_are_written_when_it_is_free(
+        request, http, store, database_url):
+    store.upgrade()
+    with table_locked(request, database_url):
+        _, response = hook_call(http, "hbv-screening-missing--first-dose.json")
+        assert response["cards"]
+    issued = {row.card_uuid for row in table(store, IssuedCard)}
+    assert issued == {c["uuid"] for c in response["cards"]}
+
+
 def test_while_the_store_is_down_feedback_gets_503_and_hook_calls_still_get_cards(
         request, service, database_url, caplog):
     quick = database_url + "?timeout=0.2" if database_url.startswith("sqlite") else database_url
@@ -274,6 +301,7 @@ def test_while_the_store_is_down_feedback_gets_503_and_hook_calls_still_get_card
         assert "send it again" in response.get_json()["error"]
         request_body, cards = hook_call(http, "hbv-screening-missing--first-dose.json")
         assert card(cards, "hbv-screening-missing")
+        assert store.flush(30)  # the writer has tried, and failed
     assert unrecorded(http) == before + 1
     assert "issued cards not recorded" in caplog.text
     assert request_body["context"]["patientId"] not in caplog.text
@@ -341,11 +369,12 @@ def test_the_report_counts_a_chosen_period_with_the_top_override_reasons(databas
     assert code == 2 and "'March' is neither a date" in out
 
 
-def test_the_admin_report_needs_the_token_and_shows_no_patient_data(http):
+def test_the_admin_report_needs_the_token_and_shows_no_patient_data(http, store):
     request, response = hook_call(http, "hbv-screening-missing--first-dose.json")
     comment = "Mrs Example's HBV serology was done at St Elsewhere"
     item = overridden(card(response, "hbv-screening-missing")["uuid"], comment=comment)
     assert http.post(FEEDBACK, json={"feedback": [item]}).status_code == 200
+    assert store.flush(30)  # the call's cards are written a moment after it is answered
     refused = http.get("/admin/report")
     assert refused.status_code == 401
     assert any(c.startswith("Basic ") for c in refused.headers.getlist("WWW-Authenticate"))

@@ -1,9 +1,11 @@
 """Feedback answered 200 survives a crash: a real `cds-service serve` (gunicorn, two workers) is killed
 with SIGKILL while several threads post feedback, then started again; every feedback that got a 200 is
-in the database, and the EHR's retries of them are not stored twice. On SQLite and on PostgreSQL."""
+in the database, and the EHR's retries of them are not stored twice; and a graceful stop loses no issued card.
+On SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import socket
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,11 +21,13 @@ from pathlib import Path
 import requests
 from sqlalchemy import select
 
-from cds_service.feedback.models import Feedback
+from cds_service.feedback.models import Feedback, IssuedCard
 from cds_service.feedback.settings import StoreSettings
 from cds_service.feedback.store import Store
+from conftest import EXAMPLES
 
 FEEDBACK = "/cds-services/cd20-order-sign/feedback"
+SIGN = "/cds-services/cd20-order-sign"
 POSTERS = 6
 KILL_AFTER = 60  # acknowledged feedback before the kill
 
@@ -115,3 +120,45 @@ def test_every_feedback_answered_200_survives_a_kill_of_the_service(database_url
             assert requests.post(base + FEEDBACK, json=feedback(card), timeout=10).status_code == 200
     stored = stored_cards(database_url)
     assert len(stored) == len(set(stored)) and set(acknowledged) <= set(stored)
+
+
+def issued_cards(database_url: str) -> set[str]:
+    store = Store(StoreSettings(database_url=database_url))
+    try:
+        with store.transaction() as connection:
+            return set(connection.execute(select(IssuedCard.card_uuid)).scalars())
+    finally:
+        store.close()
+
+
+def call_until_refused(base: str, request: dict, issued: list[str]) -> None:
+    """One EHR connection making hook calls until the service is gone; notes each card it was sent."""
+    with requests.Session() as session:
+        while True:
+            body = {**request, "hookInstance": str(uuid.uuid4())}
+            try:
+                response = session.post(base + SIGN, json=body, timeout=10)
+            except requests.RequestException:
+                return
+            if response.status_code == 200:
+                issued += [card["uuid"] for card in response.json()["cards"]]
+
+
+def test_cards_issued_up_to_a_graceful_stop_are_all_recorded(database_url, tmp_path):
+    """The workers write issued cards from a queue, a moment after answering; a stop (SIGTERM) during
+    hook calls writes what is queued before the workers exit."""
+    request = json.loads((EXAMPLES / "hbv-screening-missing--first-dose.json").read_text())
+    issued: list[str] = []
+    with serving(database_url, tmp_path, "stopped") as (base, process):
+        callers = [threading.Thread(target=call_until_refused, args=(base, request, issued)) for _ in range(POSTERS)]
+        for caller in callers:
+            caller.start()
+        deadline = time.monotonic() + 30
+        while len(issued) < KILL_AFTER and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGTERM)
+        for caller in callers:
+            caller.join(timeout=30)
+        assert process.wait(timeout=30) == 0
+    assert len(issued) >= KILL_AFTER, "the callers were too slow to get going"
+    assert set(issued) <= issued_cards(database_url)

@@ -72,6 +72,7 @@ def _seed(store: Store, now: datetime) -> None:
             items += [{"card": c, "outcome": "accepted", "outcomeTimestamp": stamp,
                        "acceptedSuggestions": [{"id": "s"}]} for c in cards[overridden:overridden + accepted]]
     store.save_feedback("cd20-order-sign", feedback_body.parse({"feedback": items}))
+    assert store.flush(30)
 
 
 def browse(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProcess:

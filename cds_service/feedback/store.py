@@ -1,6 +1,7 @@
 """The feedback database: SQLite by default, PostgreSQL when CDS_DATABASE_URL says so.
 
-Two promises. Feedback answered 200 is on disk: each POST is one committed transaction (SQLite in WAL
+Issued cards are written a moment after the hook call, by writer.IssuedCardWriter. Two promises about
+feedback. Feedback answered 200 is on disk: each POST is one committed transaction (SQLite in WAL
 mode with synchronous=FULL; PostgreSQL commits synchronously). A retried POST is stored once: a unique
 key on card, outcome and outcomeTimestamp, with inserts that skip what is already there.
 Database trouble becomes StoreUnavailable, which the web app turns into 503 so the EHR retries.
@@ -30,6 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from .body import FeedbackItem
 from .models import Feedback, IssuedCard
 from .settings import ConfigError, StoreSettings
+from .writer import Call, IssuedCardWriter
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -62,8 +64,11 @@ class Store:
         # a worker's threads queue here instead, so only the worker processes ever meet SQLite's lock.
         self._writers = threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
         self._schema_ready = False
+        self._issued = IssuedCardWriter(self._write_issued, lambda call: _unrecorded(call[0], len(call[1]), "QueueFull"))
 
     def close(self) -> None:
+        """Write the issued cards still queued, then close the connections."""
+        self._issued.stop()
         self.engine.dispose()
 
     @contextmanager
@@ -104,20 +109,32 @@ class Store:
 
     def record_cards(self, service_id: str, hook: str, patient_id: str, cards: Sequence[dict[str, Any]],
                      at: datetime | None = None) -> None:
-        """Remember which rule made each card, so feedback can be tied to it. Best effort: a failure is
-        logged (without patient data) and counted, and never reaches the clinician's hook call."""
+        """Remember which rule made each card, so feedback can be tied to it: queued now, written a moment
+        later (see writer.py). Best effort: a failure is logged (without patient data) and counted, and
+        never reaches the clinician's hook call."""
         if not cards:
             return
         try:
             patient_hash = self._patient_hash(patient_id)
-            rows = [{"card_uuid": c["uuid"], "service_id": service_id, "hook": hook,
-                     "rule_id": c["source"]["topic"]["code"], "indicator": c["indicator"],
-                     "patient_hash": patient_hash, "issued_at": at or self.clock()} for c in cards]
+        except ConfigError as e:
+            _unrecorded(service_id, len(cards), type(e).__name__)
+            return
+        rows = [{"card_uuid": c["uuid"], "service_id": service_id, "hook": hook,
+                 "rule_id": c["source"]["topic"]["code"], "indicator": c["indicator"],
+                 "patient_hash": patient_hash, "issued_at": at or self.clock()} for c in cards]
+        self._issued.add((service_id, rows))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the cards queued so far are written (or given up on); False if `timeout` ran out."""
+        return self._issued.flush(timeout)
+
+    def _write_issued(self, calls: list[Call]) -> None:
+        try:
             with self.transaction() as connection:
-                _insert_new(connection, IssuedCard.__table__, rows)
-        except Exception as e:  # noqa: BLE001 - whatever went wrong, the hook call must still be answered
-            UNRECORDED.labels(service_id).inc()
-            log.error("issued cards not recorded", extra={"fields": {"error": type(e).__name__, "cards": len(cards)}})
+                _insert_new(connection, IssuedCard.__table__, [row for _, rows in calls for row in rows])
+        except Exception as e:  # noqa: BLE001 - whatever went wrong, the writer must go on with the next calls
+            for service_id, rows in calls:
+                _unrecorded(service_id, len(rows), type(e).__name__)
 
     def save_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> None:
         """Store a POST's feedback in one transaction; items already stored (a retry) are skipped."""
@@ -139,6 +156,11 @@ class Store:
         if self.settings.patient_hash_key is None:
             raise ConfigError("no patient hash key")
         return hmac.new(self.settings.patient_hash_key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _unrecorded(service_id: str, cards: int, error: str) -> None:
+    UNRECORDED.labels(service_id).inc()
+    log.error("issued cards not recorded", extra={"fields": {"error": error, "cards": cards}})
 
 
 def open_for_serving(dev: bool) -> Store:
