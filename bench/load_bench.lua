@@ -1,8 +1,11 @@
 -- wrk script for bench/load_bench.py.
--- Argument (after wrk's `--`): the file whose bytes to POST as JSON; none or "" for a plain GET.
+-- Argument (after wrk's `--`): the file whose bytes to POST as JSON; none or "" for a plain GET. A file of
+-- several lines holds one JSON body per line, POSTed in turn (compact JSON has no raw newlines).
 -- When wrk is done, one line starting with "LOAD " carries the figures as JSON for the Python side,
 -- with the latency distribution as 1000 quantiles (each standing for 0.1% of the requests), so that
 -- several runs can be pooled.
+
+local bodies, next_body = {}, 0
 
 function init(args)
   if args[1] and args[1] ~= "" then
@@ -11,6 +14,15 @@ function init(args)
     wrk.body = file:read("*a")
     wrk.headers["Content-Type"] = "application/json"
     file:close()
+    for line in wrk.body:gmatch("[^\n]+") do
+      bodies[#bodies + 1] = line
+    end
+  end
+  if #bodies > 1 then  -- defined only then: wrk builds a request per call only when `request` exists
+    request = function()
+      next_body = next_body % #bodies + 1
+      return wrk.format(nil, nil, nil, bodies[next_body])
+    end
   end
 end
 

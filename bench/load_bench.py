@@ -7,8 +7,15 @@ loopback: the typical order-sign body of bench.py (10 labs, 2 cards) POSTed to t
 of /healthz, which goes through the same gunicorn, Flask hooks, CORS and logging with no engine behind
 it: the framework's floor. The load goes in short rounds, /healthz and the hook in turn so that both see
 the same machine. Each round opens new keep-alive connections: which worker accepts a connection is a
-race, and all of its requests then go to that worker, so 8 connections may land 4+4 or 8+0 (one worker,
-one core). The rounds are pooled, and each round's split of connections over the workers is printed.
+race, and its requests go to that worker until the server closes it (every 25 requests, so that the
+connections spread out); the rounds are pooled, and each round's split of connections over the workers
+half a second in is printed.
+
+The typical body is the same every time, as when an EHR asks again about the same order (order-select
+at each change, then order-sign): the service answers such repeats from what it remembers (lab readings
+and rule findings, by content). So the hook is also loaded with first calls: 2048 bodies, each for
+another patient (every result a little different), sent in turn, so that nothing remembered applies.
+Those rows have no target and show what a call costs the first time.
 
 Targets, at 8 concurrent connections: typical throughput at least 50% of the floor's; p99 under 25 ms.
 Then memory: the resident set (VmRSS) of each worker before and after 10,000 more typical requests,
@@ -41,7 +48,7 @@ from pathlib import Path
 import requests
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from bench import SERVICE, _machine, _raw, _typical_body, serve_process
+from bench import SERVICE, _machine, _raw, _typical_body, first_calls, serve_process
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "load_bench.lua"
@@ -50,6 +57,7 @@ TARGET_CONNECTIONS = 8
 ROUNDS = 5  # per endpoint and number of connections, each with new connections (see _load_rows)
 ROUND_SECONDS = 3
 WARM_UP_SECONDS = 3
+FIRST_CALL_BODIES = 2048  # sent in turn: more than the service remembers, so no call finds a remembered answer
 MEMORY_REQUESTS = 10_000
 MEMORY_ROUND_SECONDS = 5
 MEMORY_SECONDS = 90  # at most, for the memory rounds: the whole script stays well under 5 minutes
@@ -111,19 +119,26 @@ def main() -> int:
 
 
 def _measure(wrk: str, server: Server, home: Path) -> list[Row]:
-    body = home / "typical.json"
-    body.write_bytes(_raw(_typical_body(_prefetch_keys(server.url))))
+    keys = _prefetch_keys(server.url)
+    body, firsts = home / "typical.json", home / "first-calls.jsonl"
+    body.write_bytes(_raw(_typical_body(keys)))
+    firsts.write_bytes(b"\n".join(first_calls(keys, FIRST_CALL_BODIES)))
     hook, floor = f"{server.url}/cds-services/{SERVICE}", f"{server.url}/healthz"
     for url, posted in ((floor, None), (hook, body)):
         _run(wrk, server, url, TARGET_CONNECTIONS, posted, WARM_UP_SECONDS)
     rows, rate = [], 0.0
     for connections in CONNECTIONS:
-        trivial, typical = [], []
-        for _ in range(ROUNDS):  # alternated, so that both see the same machine
+        targeted = connections == TARGET_CONNECTIONS
+        trivial, typical, first = [], [], []
+        for _ in range(ROUNDS):  # alternated, so that all see the same machine
             trivial.append(_run(wrk, server, floor, connections, None, ROUND_SECONDS))
             typical.append(_run(wrk, server, hook, connections, body, ROUND_SECONDS))
+            if targeted:
+                first.append(_run(wrk, server, hook, connections, firsts, ROUND_SECONDS))
         rows += _load_rows(connections, trivial, typical, body.stat().st_size)
-        rate = _per_second(typical) if connections == TARGET_CONNECTIONS else rate
+        if targeted:
+            rows += _first_call_rows(connections, trivial, first)
+            rate = _per_second(typical)
     return rows + _memory_rows(wrk, server, hook, body, rate)
 
 
@@ -142,6 +157,16 @@ def _load_rows(connections: int, trivial: list[Run], typical: list[Run], size: i
             f">= {FLOOR_SHARE:.0%}" if targeted else "-", share >= FLOOR_SHARE if targeted else None),
         Row(f"  typical p99, {connections} connections", f"{p99_ms:.1f} ms",
             f"< {P99_MS:.0f} ms" if targeted else "-", p99_ms < P99_MS if targeted else None),
+    ]
+
+
+def _first_call_rows(connections: int, trivial: list[Run], first: list[Run]) -> list[Row]:
+    """The same picture for patients the service has not seen: nothing remembered applies (no target)."""
+    return [
+        Row(f"first calls (a new patient each), {connections} connections", _figures(first)),
+        Row("  by round: req/s, p99 ms (connections per worker)", _rounds(first)),
+        Row(f"  throughput vs floor, {connections} connections",
+            f"{_per_second(first) / _per_second(trivial):.1%}"),
     ]
 
 

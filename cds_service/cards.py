@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 from .engine import Finding
@@ -28,7 +27,7 @@ def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patie
         by_rule.setdefault(finding.rule_id, []).append(finding)
     suppressed = {s for rule_id in by_rule for s in rulebook.rules[rule_id].suppresses}
     order = list(rulebook.rules)
-    thresholds = _namespace(rulebook.thresholds)
+    thresholds = Names(rulebook.thresholds)
     cards = [
         _card(rulebook.rules[rule_id], group, rulebook, thresholds, hook_instance, patient_id)
         for rule_id, group in by_rule.items() if rule_id not in suppressed
@@ -37,7 +36,7 @@ def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patie
     return cards
 
 
-def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: SimpleNamespace, hook_instance: str,
+def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: Names, hook_instance: str,
           patient_id: str) -> dict[str, Any]:
     variants = rulebook.variants
     top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
@@ -77,7 +76,7 @@ def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, 
     return {"label": label, "url": source.get("url", ""), "seed": source["seed"]}
 
 
-def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: SimpleNamespace,
+def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: Names,
             source: dict[str, str]) -> str:
     order = findings[0].bindings["order"]
     parts = []
@@ -134,8 +133,8 @@ def _order_tests(rule: Rule, patient_id: str, card_uuid: str) -> dict[str, Any]:
             "isRecommended": True, "actions": actions}
 
 
-def _fill(template: str, bindings: dict[str, Any], thresholds: SimpleNamespace, **extra: Any) -> str:
-    names = {name: _namespace(fact) for name, fact in bindings.items()}
+def _fill(template: str, bindings: dict[str, Any], thresholds: Names, **extra: Any) -> str:
+    names = {name: Names(fact) for name, fact in bindings.items()}
     try:
         return template.strip().format(t=thresholds, **names, **extra)
     except (AttributeError, KeyError, IndexError) as e:
@@ -143,10 +142,22 @@ def _fill(template: str, bindings: dict[str, Any], thresholds: SimpleNamespace, 
         return template.strip()
 
 
-def _namespace(value: Any) -> Any:
-    if isinstance(value, dict):
-        return SimpleNamespace(**{k.replace("-", "_"): _namespace(v) for k, v in value.items()})
-    return value
+class Names:
+    """A dict's values as attributes for str.format templates ("{t.igg.low_mg_dl}", "{order.short}"), a
+    key's hyphens read as underscores; looked up when a template asks, not converted ahead."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        values = self._values
+        key = name if name in values else next((k for k in values if k.replace("-", "_") == name), None)
+        if key is None:
+            raise AttributeError(name)
+        value = values[key]
+        return Names(value) if isinstance(value, dict) else value
 
 
 def _clip(text: str) -> str:

@@ -20,7 +20,7 @@ from gunicorn.arbiter import Arbiter
 
 from . import rulebook
 
-REQUESTS_PER_CONNECTION = 100  # nginx's keepalive_requests, for the reason given in _spread_connections
+REQUESTS_PER_CONNECTION = 25  # like nginx's keepalive_requests; see _spread_connections
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _TEMPORARY_METRICS_DIR = "CDS_METRICS_DIR_IS_TEMPORARY"
 _MASTER_PID = "CDS_GUNICORN_MASTER_PID"

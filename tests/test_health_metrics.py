@@ -15,6 +15,7 @@ from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.feedback.settings import StoreSettings
 from cds_service.feedback.store import Store
+from cds_service.server import REQUESTS_PER_CONNECTION
 from conftest import EXAMPLES, NOW, load_json
 from security_support import serve
 
@@ -150,3 +151,11 @@ def _leave_samples_of_an_earlier_run(metrics_dir: Path) -> None:
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     assert list(metrics_dir.glob("counter_*.db"))
+
+
+def test_a_real_server_closes_a_kept_alive_connection_every_so_many_requests(tmp_path):
+    """So that an EHR's kept-alive connections, which may all land on one worker, spread out over time."""
+    with serve(SERVER_ENV, tmp_path / "server.log") as base, requests.Session() as session:
+        closing = [n for n in range(1, 2 * REQUESTS_PER_CONNECTION + 2)
+                   if session.get(f"{base}/healthz", timeout=5).headers.get("Connection") == "close"]
+    assert closing == [REQUESTS_PER_CONNECTION, 2 * REQUESTS_PER_CONNECTION]
