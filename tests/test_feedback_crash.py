@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 from sqlalchemy import select
@@ -91,44 +92,42 @@ def post_until_refused(base: str, poster: int, acknowledged: list[str]) -> None:
                 acknowledged.append(card)
 
 
-def stored_cards(database_url: str) -> list[str]:
+def stored_cards(database_url: str, column: Any = Feedback.card_uuid) -> list[str]:
     store = Store(StoreSettings(database_url=database_url))
     try:
         with store.transaction() as connection:
-            return list(connection.execute(select(Feedback.card_uuid)).scalars())
+            return list(connection.execute(select(column)).scalars())
     finally:
         store.close()
+
+
+def signal_under_load(process: subprocess.Popen, clients: list[threading.Thread], answered: list[str],
+                      signal_number: int) -> int:
+    """Start the clients, signal the service once KILL_AFTER answers are in, and wait for everything to end:
+    the service's exit code."""
+    for client in clients:
+        client.start()
+    deadline = time.monotonic() + 30
+    while len(answered) < KILL_AFTER and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal_number)
+    for client in clients:
+        client.join(timeout=30)
+    assert len(answered) >= KILL_AFTER, "the clients were too slow to get going"
+    return process.wait(timeout=30)
 
 
 def test_every_feedback_answered_200_survives_a_kill_of_the_service(database_url, tmp_path):
     acknowledged: list[str] = []
     with serving(database_url, tmp_path, "first") as (base, process):
         posters = [threading.Thread(target=post_until_refused, args=(base, n, acknowledged)) for n in range(POSTERS)]
-        for poster in posters:
-            poster.start()
-        deadline = time.monotonic() + 30
-        while len(acknowledged) < KILL_AFTER and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.killpg(process.pid, signal.SIGKILL)
-        for poster in posters:
-            poster.join(timeout=30)
-        process.wait(timeout=10)
-    assert len(acknowledged) >= KILL_AFTER, "the posters were too slow to get going"
+        signal_under_load(process, posters, acknowledged, signal.SIGKILL)
     assert not set(acknowledged) - set(stored_cards(database_url))
     with serving(database_url, tmp_path, "second") as (base, _):
         for card in acknowledged:  # the EHR retries, not knowing what was stored
             assert requests.post(base + FEEDBACK, json=feedback(card), timeout=10).status_code == 200
     stored = stored_cards(database_url)
     assert len(stored) == len(set(stored)) and set(acknowledged) <= set(stored)
-
-
-def issued_cards(database_url: str) -> set[str]:
-    store = Store(StoreSettings(database_url=database_url))
-    try:
-        with store.transaction() as connection:
-            return set(connection.execute(select(IssuedCard.card_uuid)).scalars())
-    finally:
-        store.close()
 
 
 def call_until_refused(base: str, request: dict, issued: list[str]) -> None:
@@ -151,14 +150,5 @@ def test_cards_issued_up_to_a_graceful_stop_are_all_recorded(database_url, tmp_p
     issued: list[str] = []
     with serving(database_url, tmp_path, "stopped") as (base, process):
         callers = [threading.Thread(target=call_until_refused, args=(base, request, issued)) for _ in range(POSTERS)]
-        for caller in callers:
-            caller.start()
-        deadline = time.monotonic() + 30
-        while len(issued) < KILL_AFTER and time.monotonic() < deadline:
-            time.sleep(0.01)
-        os.killpg(process.pid, signal.SIGTERM)
-        for caller in callers:
-            caller.join(timeout=30)
-        assert process.wait(timeout=30) == 0
-    assert len(issued) >= KILL_AFTER, "the callers were too slow to get going"
-    assert set(issued) <= issued_cards(database_url)
+        assert signal_under_load(process, callers, issued, signal.SIGTERM) == 0
+    assert set(issued) <= set(stored_cards(database_url, IssuedCard.card_uuid))
