@@ -1,11 +1,11 @@
-# Two entry points: `make run` and `make test`. Both set up .venv on first use.
+# Entry points: `make run`, `make test` and `make sandbox`. Each sets up .venv on first use.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 HOST ?= 127.0.0.1
 
-.PHONY: run test bench clean
+.PHONY: run test sandbox bench clean
 
 $(BIN)/cds-service: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3" >&2; exit 1; }
@@ -20,6 +20,10 @@ run: $(BIN)/cds-service
 
 test: $(BIN)/cds-service
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The service, a FHIR server with demo patients (needs node and npm) and URLs for the CDS Hooks sandbox.
+sandbox: $(BIN)/cds-service
+	$(BIN)/python -m sandbox
 
 bench: $(BIN)/cds-service
 	@status=0; for script in bench fetch_bench load_bench; do \
