@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
@@ -217,13 +217,18 @@ def from_settings(settings: Settings, clock: Callable[[], float] = time.time,
     if bad or not settings.jwt_algorithms:
         raise AuthConfigError(f"CDS_JWT_ALGORITHMS may name only {sorted(ASYMMETRIC_ALGORITHMS)}, not {bad}")
     keys = jwks.KeyStore()
-    issuers = load_issuers(settings.trusted_issuers, keys)
+    issuers = load_issuers(settings.trusted_issuers, keys, settings.trusted_fhir_servers)
     return Verifier(issuers, settings.public_url, keys, settings.jwt_algorithms, replay=replay, clock=clock)
 
 
-def load_issuers(path: Path, keys: jwks.KeyStore) -> dict[str, Issuer]:
+def load_issuers(path: Path, keys: jwks.KeyStore, fhir_servers: tuple[str, ...] = ()) -> dict[str, Issuer]:
     """Trusted issuers from a JSON/YAML file (`issuers: [...]`); JWK Set files are read now, relative
-    to the file, so a missing or broken key file stops start-up instead of every call."""
+    to the file, so a missing or broken key file stops start-up instead of every call. `fhir_servers`
+    (CDS_TRUSTED_FHIR_SERVERS) are added to every issuer's list, e.g. a local FHIR server for the sandbox."""
+    unusable = [url for url in fhir_servers if _base_url(url) is None]
+    if unusable:
+        raise AuthConfigError(f"CDS_TRUSTED_FHIR_SERVERS: {unusable[0]!r} is not a FHIR base URL like "
+                              "https://ehr.example.org/fhir (no query, fragment or user info)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as e:
@@ -234,6 +239,7 @@ def load_issuers(path: Path, keys: jwks.KeyStore) -> dict[str, Issuer]:
     issuers: dict[str, Issuer] = {}
     for n, entry in enumerate(entries, 1):
         issuer = _issuer_entry(entry, path, f"{path}: issuer #{n}")
+        issuer = replace(issuer, fhir_servers=issuer.fhir_servers + fhir_servers)
         for jwks_file in issuer.jwks_files:
             try:
                 keys.add_file(jwks_file)

@@ -17,6 +17,7 @@ OVERRIDE_REASONS = [
     ("not-applicable", "Does not apply to this patient"),
 ]
 SUMMARY_LIMIT = 139
+LAB_COLUMNS = ("Result", "Value", "Date", "Limit used", "× limit")
 log = logging.getLogger(__name__)
 
 
@@ -86,7 +87,7 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
     rows = _unique(_row(fact) for f in findings for name, fact in f.bindings.items()
                    if name != "order" and fact.get("kind") == "lab")
     if rows:
-        parts.append("| Result | Value | Date | Limit used | × limit |\n|---|---|---|---|---|\n" + "\n".join(rows))
+        parts.append(_table(rows))
     gaps = _unique(f"- {fact['what']} {fact['reason']}" for f in findings for fact in f.bindings.values()
                    if fact.get("kind") == "unavailable")
     if gaps:
@@ -106,15 +107,22 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
     return "\n\n".join(p for p in parts if p)
 
 
-def _row(fact: dict[str, Any]) -> str:
+def _row(fact: dict[str, Any]) -> tuple[str, ...]:
     if "result" in fact:
-        return f"| {fact['label']} | {fact['result']} | {fact['date']} | | |"
+        return fact["label"], fact["result"], fact["date"], "", ""
     limit, times = "", ""
     if fact.get("limit_used") == "high" and "uln_text" in fact:
         limit, times = f"upper {fact['uln_text']} ({fact['range_source']})", fact["x_uln_text"]
     elif fact.get("limit_used") == "low" and "lln_text" in fact:
         limit = f"lower {fact['lln_text']} ({fact['range_source']})"
-    return f"| {fact['label']} | {fact['value_text']} | {fact['date']} | {limit} | {times} |"
+    return fact["label"], fact["value_text"], fact["date"], limit, times
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Lab rows as a Markdown table, without the limit columns when no row has a limit (qualitative results)."""
+    kept = [i for i, _ in enumerate(LAB_COLUMNS) if i < 3 or any(row[i] for row in rows)]
+    lines = [[LAB_COLUMNS[i] for i in kept], ["---"] * len(kept)] + [[row[i] for i in kept] for row in rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
 def _order_tests(rule: Rule, patient_id: str, card_uuid: str) -> dict[str, Any]:

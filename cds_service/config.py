@@ -15,6 +15,7 @@ class Settings:
     frozen_now: datetime | None = None  # a fixed clock for demos and tests, never for production
     auth: str = "required"  # "required" or "off": secure unless someone says otherwise
     trusted_issuers: Path | None = None  # JSON/YAML file of the EHRs whose JWTs are accepted
+    trusted_fhir_servers: tuple[str, ...] = ()  # added to every trusted issuer's fhir_servers
     public_url: str | None = None  # base URL callers use; a token's aud must be this + the path called
     jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; "*" only in development mode
@@ -32,6 +33,7 @@ class Settings:
             frozen_now=datetime.fromisoformat(now.replace("Z", "+00:00")) if now else None,
             auth=env.get("CDS_AUTH", cls.auth).strip().lower(),
             trusted_issuers=Path(env["CDS_TRUSTED_ISSUERS"]) if env.get("CDS_TRUSTED_ISSUERS") else None,
+            trusted_fhir_servers=_words(env.get("CDS_TRUSTED_FHIR_SERVERS")),
             public_url=env.get("CDS_PUBLIC_URL") or None,
             jwt_algorithms=_words(env.get("CDS_JWT_ALGORITHMS")) or cls.jwt_algorithms,
             cors_origins=_words(env.get("CDS_CORS_ORIGINS", "*" if dev else "")),

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 SUBCUTANEOUS = re.compile(r"\b(subcutaneous|subcut|s\.?c\.?|sq|subq)\b", re.I)
 SNOMED_SUBCUTANEOUS = "34206005"
 MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
+UCUM_ANNOTATION = re.compile(r"\{\s*([^{}]*?)\s*\}")  # "{pill}": a count of pills (UCUM unit 1, annotated)
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def route_text(resource: dict[str, Any]) -> str:
 
 
 def dose(resource: dict[str, Any], mg_per_ml: float | None = None) -> tuple[float | None, str | None]:
-    """The ordered dose as (mg, None), or (None, the unit as written) when it is not a mass (or a volume
+    """The ordered dose as (mg, None), or (None, the unit in words) when it is not a mass (or a volume
     of a product whose concentration is known), or (None, None) when no dose is given.
 
     Reads R4 `doseAndRate[].doseQuantity` and the STU3-style `doseQuantity` real clients still send.
@@ -188,8 +189,17 @@ def dose(resource: dict[str, Any], mg_per_ml: float | None = None) -> tuple[floa
                 factor = MASS_TO_MG.get(unit.strip().lower())
                 if factor is None and mg_per_ml and unit.strip().lower() == "ml":
                     factor = mg_per_ml
-                return (quantity["value"] * factor, None) if factor else (None, unit or "(no unit)")
+                return (quantity["value"] * factor, None) if factor else (None, _unit_words(unit))
     return None, None
+
+
+def _unit_words(unit: str) -> str:
+    """A unit as a clinician reads it: a UCUM annotation counts things ("{pill}" reads "pills")."""
+    counted = UCUM_ANNOTATION.fullmatch(unit.strip())
+    if counted and counted.group(1):
+        thing = counted.group(1)
+        return thing if thing.endswith("s") else thing + "s"
+    return unit or "(no unit)"
 
 
 def _codings_and_texts(concept: Any) -> tuple[list[dict[str, Any]], list[str]]:

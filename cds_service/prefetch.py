@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote
 
 from .hooks import HookRequest
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
+UNTRUSTED_SERVER = (" and was not fetched: the request's fhirServer is not a FHIR server this EHR's issuer is trusted "
+                    "for, so the service does not send it the access token")
 USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "PractitionerRole",
                "userPatientId": "Patient", "userRelatedPersonId": "RelatedPerson"}
 
@@ -90,13 +92,18 @@ class PatientRecord:
     gaps: dict[str, str] = field(default_factory=dict)  # prefetch key -> why its data is missing
     had_data: bool = False  # at least one key arrived or was fetched (even if empty)
     asked_server: bool = False  # fhirServer was queried: its failures are gaps, not a reason for 412
+    fetch_refused: bool = False  # fhirServer is not trusted for the caller: gaps saying so, not a 412
 
 
 class NoPatientData(Exception):
     """Nothing was prefetched and nothing could be fetched: CDS Hooks says 412."""
 
 
-def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher | None) -> PatientRecord:
+def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher | None,
+           fhir_server_allowed: Callable[[str], bool] | None = None) -> PatientRecord:
+    """The patient's record from prefetch, fetching what is missing; `fhir_server_allowed` says which FHIR
+    servers the caller may have the service fetch from (it sends them the EHR's access token). Only a
+    fetch is refused: a complete prefetch is used whatever fhirServer names."""
     record = PatientRecord()
     wanted: dict[str, str] = {}
     for key, template in declared.items():
@@ -113,16 +120,22 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
                 wanted[key] = query
                 record.gaps[key] = problem
     if wanted:
-        _fetch(request, wanted, fetcher, record)
-    if not record.had_data and not record.asked_server:
+        _fetch(request, wanted, fetcher, record, fhir_server_allowed)
+    if not record.had_data and not record.asked_server and not record.fetch_refused:
         raise NoPatientData("no prefetch data and no FHIR server access to fetch it")
     return record
 
 
-def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None, record: PatientRecord) -> None:
+def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None, record: PatientRecord,
+           fhir_server_allowed: Callable[[str], bool] | None) -> None:
     if fetcher is None or not request.fhirServer:
         for key in wanted:
             record.gaps[key] += " and the service has no FHIR server to fetch it from"
+        return
+    if fhir_server_allowed is not None and not fhir_server_allowed(request.fhirServer):
+        for key in wanted:
+            record.gaps[key] += UNTRUSTED_SERVER
+        record.fetch_refused = True
         return
     try:
         outcomes = fetcher.fetch(request, wanted)

@@ -94,22 +94,21 @@ class CdsService:
              ) -> dict[str, Any]:
         """The response body for a hook call; raises InvalidRequest, UnknownService or PreconditionFailed.
 
-        `fhir_server_allowed` says which FHIR servers the authenticated caller may name: the EHR's access
-        token is sent to fhirServer, so a caller must not be able to point it anywhere the service reaches.
+        `fhir_server_allowed` says which FHIR servers the authenticated caller may have the service fetch
+        from: the EHR's access token is sent to fhirServer, so a caller must not be able to point it anywhere
+        the service reaches. A fetch it refuses is a data-unavailable card saying why, never a 412.
         """
         rules = self._ruleset  # one consistent set for the whole call, even if a reload happens meanwhile
         service = rules.services.get(service_id)
         if service is None:
             raise UnknownService(service_id)
         request = hooks.parse(body, service)
-        if request.fhirServer and fhir_server_allowed and not fhir_server_allowed(request.fhirServer):
-            raise PreconditionFailed("fhirServer is not a FHIR server this caller's issuer is trusted to name")
         _check_size(request, self.max_resources)
         orders = self._orders(rules, request) if request.hook != "patient-view" else None
         if orders is not None and not orders.drugs and not orders.vaccines:
             return {"cards": []}
         try:
-            record = prefetch.gather(request, service.prefetch, self.fetcher)
+            record = prefetch.gather(request, service.prefetch, self.fetcher, fhir_server_allowed)
         except (prefetch.NoPatientData, prefetch.AccessRefused) as e:
             raise PreconditionFailed(str(e)) from None
         with observability.EVALUATION_SECONDS.time():

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -12,13 +13,14 @@ from cds_service import rulebook
 from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.service import CdsService
+from tests import fhir_server as fhir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "fhir_examples"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)  # the clock every example is written against
 
-pytest_plugins: list[str] = ["tests.postgres", "tests.stores", "tests.fhir_server"]
+pytest_plugins: list[str] = ["tests.postgres", "tests.stores"]
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,14 @@ def service(book: rulebook.Rulebook) -> CdsService:
 def client(service: CdsService):
     """A Flask test client over the same service, authentication off (tests/test_auth.py covers it)."""
     return create_app(service, Settings(auth="off")).test_client()
+
+
+@pytest.fixture(scope="session")
+def fhir_server() -> Iterator[fhir.FhirServer]:
+    """The FHIR server for this test session (tests/fhir_server.py); every call must carry its token."""
+    server = fhir.start(token=secrets.token_urlsafe(24))
+    yield server
+    server.stop()
 
 
 def load_json(path: Path) -> Any:

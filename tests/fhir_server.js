@@ -11,7 +11,10 @@
 //                        tenants whose name starts with "open"
 //   PORT                 0 (the default) picks a free port; the first line on stdout is "listening <port>"
 //
-// The glue adds what the in-memory repository lacks: Bundle.link next (by _offset) and /metadata.
+// The glue adds what the in-memory repository lacks: Bundle.link next (by _offset), /metadata, form-encoded
+// POST <Type>/_search bodies, and CORS for browser clients (the CDS Hooks sandbox reads the patient and runs
+// the prefetch queries from its page: any origin, preflights answered, Private Network Access allowed, as a
+// page on https://sandbox.cds-hooks.org calling a server on loopback needs).
 'use strict';
 const http = require('http');
 const core = require('@medplum/core');
@@ -55,7 +58,30 @@ function addLinks(bundle, req, url) {
   }
 }
 
+function readBody(req, raw) {
+  if (!raw) return undefined;
+  if ((req.headers['content-type'] || '').includes('application/x-www-form-urlencoded')) {
+    return Object.fromEntries(new URLSearchParams(raw));
+  }
+  return JSON.parse(raw);
+}
+
+// CORS on every answer; true when the request was a preflight, which is then answered.
+function cors(req, res) {
+  res.setHeader('Access-Control-Allow-Origin', '*');
+  if (req.method !== 'OPTIONS' || !req.headers['access-control-request-method']) return false;
+  res.setHeader('Access-Control-Allow-Methods', 'GET, POST, PUT, DELETE, OPTIONS');
+  res.setHeader('Access-Control-Allow-Headers', req.headers['access-control-request-headers'] || 'content-type');
+  if (req.headers['access-control-request-private-network'] === 'true') {
+    res.setHeader('Access-Control-Allow-Private-Network', 'true');
+  }
+  res.statusCode = 204;
+  res.end();
+  return true;
+}
+
 async function handle(req, res, raw) {
+  if (cors(req, res)) return;
   const url = new URL(req.url, 'http://127.0.0.1');
   const match = TENANT.exec(url.pathname);
   if (!match) return outcome(res, 404, 'not-found', 'use /<tenant>/fhir/...');
@@ -65,7 +91,7 @@ async function handle(req, res, raw) {
   }
   let body;
   try {
-    body = raw ? JSON.parse(raw) : undefined;
+    body = readBody(req, raw);
   } catch {
     return outcome(res, 400, 'structure', 'the body is not JSON');
   }

@@ -1,10 +1,10 @@
-"""A real FHIR R4 server on loopback, for the tests and the fetch bench (a pytest plugin).
+"""A real FHIR R4 server on loopback, for the tests, the fetch bench and `make sandbox`.
 
 Medplum's FHIR router and in-memory repository are installed from npm once into a cache outside the
 repository (~/.cache/cd20-cds/medplum-<version>, or under $XDG_CACHE_HOME), then run behind our own
 glue, fhir_server.js, on a free 127.0.0.1 port, and stopped by PID. Seeding helpers turn the example
 hook requests and Synthea bundles into the server's data, so the same records can be sent as prefetch
-or fetched.
+or fetched. No pytest here (the session fixture is in conftest.py): sandbox/ runs the same server.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 import requests
 
 MEDPLUM_VERSION = "5.2.13"
@@ -105,12 +104,12 @@ def install() -> Path:
     return modules
 
 
-def start(token: str | None = None) -> FhirServer:
-    """Start the glue on a free port and wait until it answers /metadata."""
+def start(token: str | None = None, port: int = 0) -> FhirServer:
+    """Start the glue on `port` (0: a free one) and wait until it answers /metadata."""
     node = shutil.which("node")
     if node is None:
         raise RuntimeError("node is needed to run the test FHIR server but is not on PATH")
-    env = {**os.environ, "NODE_PATH": str(install()), "PORT": "0", "REQUIRE_TOKEN": token or ""}
+    env = {**os.environ, "NODE_PATH": str(install()), "PORT": str(port), "REQUIRE_TOKEN": token or ""}
     log = tempfile.TemporaryFile()
     process = subprocess.Popen([node, *_node_flags(node), str(GLUE)], stdout=subprocess.PIPE, stderr=log, env=env)
     try:
@@ -187,10 +186,3 @@ def tenant_name(name: str) -> str:
     """A tenant (repository) name for an example: its file name, in the characters a tenant may use."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", name)
 
-
-@pytest.fixture(scope="session")
-def fhir_server() -> Iterator[FhirServer]:
-    """The FHIR server for this test session; every call must carry its token (REQUIRE_TOKEN)."""
-    server = start(token=secrets.token_urlsafe(24))
-    yield server
-    server.stop()

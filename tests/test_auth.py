@@ -321,7 +321,8 @@ def test_keys_held_before_are_kept_when_the_jwks_url_fails(tmp_path):
 
 # --- the FHIR server a caller names -------------------------------------------------------------------------
 
-def test_fhir_server_not_on_the_issuers_list_is_refused_and_never_gets_the_token(book, tmp_path):
+def test_a_fetch_from_a_fhir_server_not_on_the_issuers_list_is_refused_on_a_card_and_never_gets_the_token(
+        book, tmp_path):
     ehr = SigningEhr()
     request = example_request()
     patient = request["prefetch"]["patient"]
@@ -345,10 +346,46 @@ def test_fhir_server_not_on_the_issuers_list_is_refused_and_never_gets_the_token
                           f"http://user@{trusted.url[7:]}/fhir"):
             hits_before = len(trusted.hits)
             response = call(elsewhere)
-            assert response.status_code == 412, elsewhere
-            assert response.get_json()["resourceType"] == "OperationOutcome"
+            assert response.status_code == 200, elsewhere  # shown to the clinician, not a 412 the EHR hides
+            refused = [c for c in response.get_json()["cards"] if c["source"]["topic"]["code"] == "data-unavailable"]
+            assert len(refused) == 1 and refused[0]["indicator"] == "warning", elsewhere
+            assert "the problem list was not prefetched and was not fetched" in refused[0]["detail"]
+            assert "not a FHIR server this EHR's issuer is trusted for" in refused[0]["detail"]
             assert len(trusted.hits) == hits_before
         assert other.hits == []
+
+
+def test_a_complete_prefetch_is_answered_whatever_fhir_server_names(app_client, ehr):
+    """Nothing to fetch, so nothing is sent anywhere: the cards are those of the trusted server's call."""
+    request = example_request("hbv-active--hbsag-positive.json")
+    expected = app_client.post(SIGN, json=request, headers=ehr.header(SIGN)).get_json()["cards"]
+    for named in ("http://fhir.elsewhere.example.test/fhir", "not a URL at all"):
+        response = app_client.post(SIGN, json={**request, "fhirServer": named}, headers=ehr.header(SIGN))
+        assert response.status_code == 200, named
+        cards = response.get_json()["cards"]
+        assert [(c["source"]["topic"]["code"], c["indicator"]) for c in cards] == \
+            [(c["source"]["topic"]["code"], c["indicator"]) for c in expected]
+        assert "hbv-active" in {c["source"]["topic"]["code"] for c in cards}
+
+
+def test_cds_trusted_fhir_servers_adds_a_fhir_server_to_every_issuer(book, tmp_path, ehr, rsa_ehr):
+    request = example_request()
+    patient = request["prefetch"]["patient"]
+    empty = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    issuers = ehr.issuers_file(tmp_path, rsa_ehr, fhir_servers=["https://ehr.example.test/fhir"])
+    with RecordingServer({f"/fhir/Patient/{patient['id']}": patient}, default=empty) as local:
+        settings = Settings.from_env({"CDS_TRUSTED_ISSUERS": str(issuers), "CDS_PUBLIC_URL": PUBLIC_URL,
+                                      "CDS_TRUSTED_FHIR_SERVERS": f"http://127.0.0.1:1/fhir, {local.url}/fhir/"})
+        checker = auth.from_settings(settings)
+        assert all(i.allows_fhir_server(local.url + "/fhir") for i in checker.issuers.values())
+        assert checker.issuers[ehr.iss].allows_fhir_server("https://ehr.example.test/fhir")  # the file's list stays
+        service = CdsService(book, fetcher=FhirFetcher(), clock=lambda: NOW)
+        client = create_app(service, Settings(), verifier=checker).test_client()
+        body = {**request, "prefetch": {}, "fhirServer": local.url + "/fhir",
+                "fhirAuthorization": {"access_token": "ehr-token", "token_type": "Bearer"}}
+        response = client.post(SIGN, json=body, headers=rsa_ehr.header(SIGN))
+        assert response.status_code == 200
+        assert local.hits and all(h["Authorization"] == "Bearer ehr-token" for _, _, h in local.hits)
 
 
 # --- real requests captured from the CDS Hooks sandbox, and the spec's example ------------------------------
@@ -429,6 +466,10 @@ def test_serve_without_configuration_refuses_to_run_unauthenticated():
     ({"CDS_TRUSTED_ISSUERS": "{issuers}", "CDS_PUBLIC_URL": PUBLIC_URL, "CDS_JWT_ALGORITHMS": "none"},
      "CDS_JWT_ALGORITHMS"),
     ({"CDS_TRUSTED_ISSUERS": "/nonexistent/issuers.yaml", "CDS_PUBLIC_URL": PUBLIC_URL}, "cannot read"),
+    ({"CDS_TRUSTED_ISSUERS": "{issuers}", "CDS_PUBLIC_URL": PUBLIC_URL,
+      "CDS_TRUSTED_FHIR_SERVERS": "https://ehr.example.test/fhir?tenant=1"}, "CDS_TRUSTED_FHIR_SERVERS"),
+    ({"CDS_TRUSTED_ISSUERS": "{issuers}", "CDS_PUBLIC_URL": PUBLIC_URL, "CDS_TRUSTED_FHIR_SERVERS": "localhost:8081"},
+     "CDS_TRUSTED_FHIR_SERVERS"),
 ])
 def test_unusable_auth_settings_stop_start_up(issuers, env, message):
     settings = Settings.from_env({k: v.format(issuers=issuers) for k, v in env.items()})

@@ -170,7 +170,7 @@ def test_the_service_is_wired_to_the_lab_database(compose):
 
 def test_the_service_fetches_from_the_lab_fhir_server_at_the_url_its_callers_use(compose):
     """The sandbox, curl and the service must all reach the FHIR server at one URL, and the trusted
-    issuer must allow that URL as fhirServer, or the lab's fetch path is refused with 412."""
+    issuer must allow that URL as fhirServer, or the service never fetches from the lab's FHIR server."""
     env = service_env(compose, "cds")
     fhir_port = int(service_env(compose, "fhir")["SERVER_PORT"])
     assert compose["services"]["fhir"]["network_mode"] == "service:cds"

@@ -213,13 +213,16 @@ def test_an_infusion_ordered_in_ml_is_not_read_as_a_dose(ask, coding, ml):
 
 @pytest.mark.parametrize("coding, expected", [(OCREVUS, 300), (ZUNOVO, 920), (KESIMPTA, 20), (BRIUMVI, 150)],
                          ids=b.case_id)
-@pytest.mark.parametrize("unit", ["{vial}", "mg/kg"])
+@pytest.mark.parametrize("unit, words", [("{vial}", "a dose in vials"), ("{pill}", "a dose in pills"),
+                                         ("mg/kg", "a dose in mg/kg")])
 def test_a_dose_in_a_unit_that_is_no_amount_of_drug_cannot_be_checked_and_the_card_says_so(ask, coding, expected,
-                                                                                        unit):
+                                                                                        unit, words):
+    """A UCUM annotation (the CDS Hooks sandbox sends "{pill}") is named in words, not in UCUM's braces."""
     cards = ask(orders=[b.order(b.concept(coding), dose=(1, unit))])
     assert indicator(cards, "dose-unexpected") == "info"
     summary = cards["dose-unexpected"]["summary"]
-    assert "cannot be checked" in summary and f"{expected} mg" in summary and unit in summary
+    assert "cannot be checked" in summary and f"{expected} mg" in summary and words in summary
+    assert "{" not in summary
 
 
 @pytest.mark.parametrize("coding", [OCREVUS, ZUNOVO, KESIMPTA, BRIUMVI], ids=b.case_id)

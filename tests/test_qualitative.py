@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 import fhir_builders as fb
-from fhir_builders import ANC, ANTI_HBC, HBSAG, HBV_DNA
+from fhir_builders import ALT, ANC, ANTI_HBC, HBSAG, HBV_DNA
 
 SCREENED_NEGATIVE_CORE = fb.serology(ANTI_HBC, snomed="260385009", days_ago=2)
 
@@ -176,3 +176,16 @@ def test_a_problem_list_entry_in_another_code_system_is_not_hepatitis_b(ask):
     cards = ask(conditions=[fb.condition("66071002", "http://example.org/local-codes")])
     assert "hbv-active" not in cards
 
+
+
+def test_a_qualitative_result_is_shown_without_the_limit_columns(ask):
+    """A positive or negative has no limit to compare with: its table has no empty "Limit used" columns."""
+    detail = ask(labs=[fb.serology(HBSAG, snomed="10828004"), SCREENED_NEGATIVE_CORE])["hbv-active"]["detail"]
+    assert "| Result | Value | Date |\n| --- | --- | --- |\n| HBsAg | positive |" in detail
+    assert "Limit used" not in detail and "× limit" not in detail
+
+
+def test_a_measured_result_keeps_its_limit_and_how_far_beyond_it(ask):
+    detail = ask(labs=[fb.lab(ALT, 150, "U/L", high=33)])["liver-enzymes-elevated"]["detail"]
+    assert "| Result | Value | Date | Limit used | × limit |" in detail
+    assert "upper 33 U/L" in detail
