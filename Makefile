@@ -1,11 +1,12 @@
-# Two entry points: `make run` and `make test`. Both set up .venv on first use.
+# Entry points: `make run`, `make test` and `make container-test` (the image and the compose lab, built and
+# run for real: minutes, gigabytes, root on a machine without an engine). All set up .venv on first use.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 HOST ?= 127.0.0.1
 
-.PHONY: run test bench clean
+.PHONY: run test container-test bench clean
 
 $(BIN)/cds-service: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3" >&2; exit 1; }
@@ -20,6 +21,10 @@ run: $(BIN)/cds-service
 
 test: $(BIN)/cds-service
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+container-test: $(BIN)/cds-service
+	$(BIN)/python -m pytest --containers tests/test_deploy_files.py tests/test_container_image.py \
+		tests/test_compose_lab.py $(PYTEST_ARGS)
 
 bench: $(BIN)/cds-service
 	@status=0; for script in bench fetch_bench load_bench; do \
