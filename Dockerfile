@@ -17,7 +17,9 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -e .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --user-group --home-dir /app --no-create-home --shell /usr/sbin/nologin cds
+# One id for the user and its group (10001:10001, as USER says): useradd --user-group would pick a system gid.
+RUN groupadd --gid 10001 cds \
+    && useradd --uid 10001 --gid cds --home-dir /app --no-create-home --shell /usr/sbin/nologin cds
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY cds_service ./cds_service

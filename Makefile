@@ -1,11 +1,12 @@
-# Entry points: `make run`, `make test` and `make sandbox`. Each sets up .venv on first use.
+# Entry points: `make run`, `make test`, `make sandbox` and `make container-test` (the image and the compose
+# lab, built and run for real: minutes, gigabytes, root on a machine without an engine). All set up .venv on first use.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8080
 HOST ?= 127.0.0.1
 
-.PHONY: run test sandbox browser bench clean
+.PHONY: run test sandbox browser container-test bench clean
 
 $(BIN)/cds-service: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3" >&2; exit 1; }
@@ -31,6 +32,10 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		chromium >/dev/null; } || echo "chromium is not installed (apt-get install chromium, as root)" >&2
+
+container-test: $(BIN)/cds-service
+	$(BIN)/python -m pytest --containers tests/test_deploy_files.py tests/test_container_image.py \
+		tests/test_compose_lab.py $(PYTEST_ARGS)
 
 bench: $(BIN)/cds-service
 	@status=0; for script in bench fetch_bench load_bench; do \

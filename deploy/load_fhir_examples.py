@@ -5,8 +5,10 @@ own ids (batch Bundles: the patients, then the rest), so that a call sent withou
 service fetch the very record the example would have sent. Draft orders are left out: they are what the
 clinician is signing, not yet part of the record.
 
-    python deploy/load_fhir_examples.py http://localhost:8081/fhir [fhir_examples]
+    python deploy/load_fhir_examples.py [--wait SECONDS] http://localhost:8081/fhir [fhir_examples]
 
+--wait: first wait up to that long for the server to answer /metadata. The lab starts the loader with the
+server; engines that do not wait for a dependency to be healthy first (podman 4) start them together.
 FHIR_TOKEN, when set, is sent as a bearer token. Exit status: 0 all loaded, 1 some resource refused or
 two examples disagree about one resource, 2 the server could not be reached or refused the batch.
 """
@@ -17,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from cds_service.prefetch import resources_in
 EXAMPLES = Path(__file__).resolve().parent.parent / "fhir_examples"
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 TIMEOUT_SECONDS = 120  # a fresh HAPI server indexes a first batch slowly
+POLL_SECONDS = 2
 
 
 class Examples:
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fhir_base", help="the FHIR server's base URL, e.g. http://localhost:8081/fhir")
     parser.add_argument("examples", nargs="?", type=Path, default=EXAMPLES, help="folder of example requests")
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="wait up to this long for the server to answer /metadata first")
     args = parser.parse_args(argv)
     examples = Examples()
     for path in sorted(args.examples.glob("*.json")):
@@ -83,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     refused: list[str] = []
     url = args.fhir_base.rstrip("/")
+    if not _answers(url, args.wait):
+        print(f"cannot reach {args.fhir_base}: no answer to /metadata within {args.wait:g} s", file=sys.stderr)
+        return 2
     for batch in examples.batches():
         try:
             response = requests.post(url, json=batch, headers=_headers(), timeout=TIMEOUT_SECONDS)
@@ -101,6 +110,22 @@ def main(argv: list[str] | None = None) -> int:
           f"({patients} patients) into {args.fhir_base}"
           + (f"; skipped {examples.without_id} without a usable id" if examples.without_id else ""))
     return 1 if refused else 0
+
+
+def _answers(url: str, wait_seconds: float) -> bool:
+    """Whether the server answers /metadata within the wait; without a wait, the first batch tells instead."""
+    if wait_seconds <= 0:
+        return True
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            if requests.get(f"{url}/metadata", headers=_headers(), timeout=10).ok:
+                return True
+        except requests.RequestException:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_SECONDS)
 
 
 def _headers() -> dict[str, str]:

@@ -20,7 +20,23 @@ SHARED = ROOT.parent / "shared"
 EXAMPLES = ROOT / "fhir_examples"
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)  # the clock every example is written against
 
-pytest_plugins: list[str] = ["tests.postgres", "tests.stores"]
+pytest_plugins: list[str] = ["tests.postgres", "tests.stores", "tests.containers"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--containers", action="store_true",
+                     help="also run the tests marked container: they build and run the image and the compose lab "
+                          "(make container-test)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Container tests take minutes and gigabytes: `make test` leaves them to `make container-test`."""
+    if config.getoption("--containers"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("container")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("container")]
 
 
 @pytest.fixture(scope="session")

@@ -4,12 +4,14 @@
 //
 //   /<tenant>/fhir/...   one in-memory repository per tenant name, so tests do not see each other's data
 //                        and searches stay fast (the repository scans every resource of a type)
+//   /fhir/...            the tenant "default": the compose lab's FHIR server (deploy/lab/fhir-server.Dockerfile)
 //   PUT /<tenant>/config {"maxCount": 10, "delays": {"Observation": 150}}: cap the page size, as real
 //                        servers cap _count, and answer a resource type only after so many ms, like a real
 //                        server's database and network time (for the bench)
 //   REQUIRE_TOKEN        every call must carry "Authorization: Bearer <it>" (401 otherwise), except on
 //                        tenants whose name starts with "open"
 //   PORT                 0 (the default) picks a free port; the first line on stdout is "listening <port>"
+//   HOST                 the address to listen on: 127.0.0.1 unless set (0.0.0.0 in the lab's container)
 //
 // The glue adds what the in-memory repository lacks: Bundle.link next (by _offset), /metadata, form-encoded
 // POST <Type>/_search bodies, and CORS for browser clients (the CDS Hooks sandbox reads the patient and runs
@@ -30,7 +32,7 @@ const router = new FhirRouter();
 const repos = new Map();
 const configs = new Map();
 const token = process.env.REQUIRE_TOKEN;
-const TENANT = /^\/([A-Za-z0-9_-]+)\/(fhir|config)(\/.*)?$/;
+const TENANT = /^(?:\/([A-Za-z0-9_-]+))?\/(fhir|config)(\/.*)?$/;
 
 function outcome(res, status, code, text) {
   res.statusCode = status;
@@ -85,7 +87,7 @@ async function handle(req, res, raw) {
   const url = new URL(req.url, 'http://127.0.0.1');
   const match = TENANT.exec(url.pathname);
   if (!match) return outcome(res, 404, 'not-found', 'use /<tenant>/fhir/...');
-  const [, tenant, kind, rest = '/'] = match;
+  const [, tenant = 'default', kind, rest = '/'] = match;
   if (token && !tenant.startsWith('open') && req.headers.authorization !== `Bearer ${token}`) {
     return outcome(res, 401, 'login', 'a valid bearer token is required');
   }
@@ -129,6 +131,7 @@ const server = http.createServer((req, res) => {
     .catch((err) => outcome(res, 500, 'exception', String(err?.message || err))));
 });
 server.keepAliveTimeout = 30000;
-server.listen(Number(process.env.PORT || 0), '127.0.0.1', () => {
+process.on('SIGTERM', () => process.exit(0));  // as PID 1 in a container, node would ignore it
+server.listen(Number(process.env.PORT || 0), process.env.HOST || '127.0.0.1', () => {
   process.stdout.write(`listening ${server.address().port}\n`);
 });

@@ -1,9 +1,10 @@
 """The container, the compose lab and the Kubernetes manifests, read as their tools read them.
 
-No Docker engine or cluster runs here, so each file is parsed by the real parser or schema (BuildKit's
-Dockerfile parser, the Compose specification, the Kubernetes 1.37 API schemas, strict), then checked for
-what the service needs from it, and the health-check commands the image and the lab run are run against
-a real `cds-service serve`.
+Each file is parsed by the real parser or schema (BuildKit's Dockerfile parser, the Compose specification,
+the Kubernetes 1.37 API schemas, strict, offline: kubernetes-validate ships them), then checked for what the
+service needs from it, and the health-check commands the image and the lab run are run against a real
+`cds-service serve`. `make container-test` runs these too, then builds and runs the image and the lab
+(tests/test_container_image.py, tests/test_compose_lab.py); no cluster runs here.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from conftest import ROOT
 from security_support import serve
 
 COMPOSE = ROOT / "docker-compose.yml"
+LAB = ROOT / "deploy" / "lab"
+OVERRIDES = sorted(LAB.glob("*.yml"))
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.37.0"
 APP_DIR = "/app"  # the image's WORKDIR: where the repository's files land
@@ -117,7 +120,7 @@ def published(compose: dict[str, Any], name: str) -> dict[int, tuple[str, int]]:
     """container port -> (host address, host port)"""
     ports = {}
     for spec in compose["services"][name].get("ports", []):
-        address, host, container = str(spec).split(":")
+        address, host, container = interpolated(str(spec)).split(":")
         ports[int(container)] = (address, int(host))
     return ports
 
@@ -127,6 +130,34 @@ def test_the_compose_file_is_valid_against_the_compose_specification(compose):
                         .joinpath("compose-spec.json").read_text(encoding="utf-8"))
     errors = [e.message for e in jsonschema.validators.validator_for(schema)(schema).iter_errors(compose)]
     assert not errors
+
+
+@pytest.mark.parametrize("path", OVERRIDES, ids=lambda p: p.name)
+def test_each_lab_override_is_valid_compose_and_changes_only_services_of_the_lab(path, compose):
+    override = yaml.safe_load(path.read_text(encoding="utf-8"))
+    schema = json.loads(resources.files("check_jsonschema.builtin_schemas.vendor")
+                        .joinpath("compose-spec.json").read_text(encoding="utf-8"))
+    assert not [e.message for e in jsonschema.validators.validator_for(schema)(schema).iter_errors(override)]
+    assert set(override) == {"services"} and set(override["services"]) <= set(compose["services"])
+    for service in override["services"].values():
+        if "build" in service:  # paths are the project directory's, the first file's (docker-compose.yml)
+            context = ROOT / service["build"]["context"]
+            assert (context / service["build"]["dockerfile"]).is_file()
+
+
+def test_the_lab_fhir_server_image_runs_the_glue_and_the_medplum_version_the_tests_run():
+    from fhir_server import GLUE, MEDPLUM_VERSION
+    built = list(dockerfile.parse_file(str(LAB / "fhir-server.Dockerfile")))
+    args = dict(c.value[0].split("=", 1) for c in built if c.cmd == "ARG")
+    assert args["MEDPLUM_VERSION"] == MEDPLUM_VERSION
+    service = yaml.safe_load((LAB / "fhir-medplum.yml").read_text())["services"]["fhir"]
+    assert ROOT / service["build"]["context"] == GLUE.parent
+    assert [c.value[0] for c in built if c.cmd == "COPY"] == [GLUE.name]
+
+
+def test_the_published_ports_are_configurable_and_default_to_the_documented_ones(compose):
+    ports = compose["services"]["cds"]["ports"]
+    assert ports == ["127.0.0.1:${CDS_PORT:-8080}:8080", "127.0.0.1:${FHIR_PORT:-8081}:8081"]
 
 
 def test_the_lab_runs_the_service_its_database_a_fhir_server_and_the_loader(compose):

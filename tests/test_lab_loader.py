@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,11 @@ LOADER = ROOT / "deploy" / "load_fhir_examples.py"
 SAMPLES = ["hbv-active--hbsag-positive.json", "neutropenia--critical.json", "liver-injury--alt-and-bilirubin.json"]
 
 
-def load(base: str, token: str | None, examples: Path = EXAMPLES) -> subprocess.CompletedProcess:
+def load(base: str, token: str | None, examples: Path = EXAMPLES, *options: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "FHIR_TOKEN"}
     if token:
         env["FHIR_TOKEN"] = token
-    return subprocess.run([sys.executable, str(LOADER), base, str(examples)], env=env, capture_output=True,
+    return subprocess.run([sys.executable, str(LOADER), *options, base, str(examples)], env=env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -41,7 +42,7 @@ def prefetched(body: dict[str, Any]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def loaded(fhir_server) -> str:
     base = fhir_server.base("lab-loader")
-    done = load(base, fhir_server.token)
+    done = load(base, fhir_server.token, EXAMPLES, "--wait", "30")  # as the lab runs it
     assert done.returncode == 0, done.stderr
     assert "loaded" in done.stdout
     return base
@@ -94,6 +95,15 @@ def test_an_unreachable_server_is_reported_with_its_own_exit_status(tmp_path):
     done = load("http://127.0.0.1:9/fhir", None, tmp_path)
     assert done.returncode == 2
     assert "cannot reach http://127.0.0.1:9/fhir" in done.stderr
+
+
+def test_a_server_that_never_answers_within_the_wait_is_reported_after_it(tmp_path):
+    (tmp_path / "one.json").write_text((EXAMPLES / SAMPLES[0]).read_text())
+    started = time.monotonic()
+    done = load("http://127.0.0.1:9/fhir", None, tmp_path, "--wait", "3")
+    assert done.returncode == 2
+    assert time.monotonic() - started >= 3
+    assert "no answer to /metadata within 3 s" in done.stderr
 
 
 def _rules(response: dict[str, Any]) -> list[tuple[str, str]]:
