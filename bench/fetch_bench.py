@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30, help="fetch phases timed for parallelism (default 30)")
     args = parser.parse_args()
     book = rulebook.load()
-    templates = prefetch.templates(book.valuesets, book.products)
+    templates = prefetch.templates(book.valuesets)
     name, body = _richest_example(set(templates))
     server = start(token=TOKEN)
     try:
