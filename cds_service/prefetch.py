@@ -164,37 +164,47 @@ def _fetch_medications(request: HookRequest, fetcher: Fetcher | None, record: Pa
     """Fetch the Medications that medication records name by reference but that are neither contained nor
     in the record (an EHR that did not `_include` them): a dose known only by reference is still a dose.
 
-    Only references to `fhirServer` itself are fetched (relative, or absolute under its base): the access
-    token goes nowhere else, and another server's "Medication/1" is not this one's. What cannot be had is
-    remembered with the reason, for the card."""
+    One search (`Medication?_id=...`) through the same fetcher, so the same deadline, paging and same-base
+    rules hold. Only references to `fhirServer` itself are asked for (relative, or absolute under its
+    base): the access token goes nowhere else, and another server's "Medication/1" is not this one's.
+    What cannot be had is remembered with the reason, for the card."""
     bundle = orders.index(record.resources)
     refs = dict.fromkeys(ref for r in record.resources if r.get("resourceType") in MEDICATION_RESOURCES
                          for ref in [orders.unresolved_reference(r, bundle)] if ref)
-    if not refs:
-        return
     base = (request.fhirServer or "").rstrip("/")
-    local = [ref for ref in refs if "://" not in ref or (base and ref.startswith(base + "/"))]
-    for ref in refs:
-        if ref not in local:
-            record.unfetched[ref] = "it names another server, which the service does not contact"
-    wanted = {f"medication {target}": target for ref in local[:MAX_REFERENCED_MEDICATIONS]
-              for target in [orders.reference_target(ref)]}
-    for ref in local[MAX_REFERENCED_MEDICATIONS:]:
-        record.unfetched[ref] = f"more than {MAX_REFERENCED_MEDICATIONS} medicines were named by reference"
-    if fetcher is None or not request.fhirServer:
-        record.unfetched.update(dict.fromkeys(local, "the service has no FHIR server to fetch it from"))
+    local = {ref: orders.reference_target(ref) for ref in refs if "://" not in ref or (base and ref.startswith(base + "/"))}
+    record.unfetched.update({ref: "it names another server, which the service does not contact"
+                             for ref in refs if ref not in local})
+    wanted = dict.fromkeys(local.values())
+    if len(wanted) > MAX_REFERENCED_MEDICATIONS:
+        record.unfetched.update(dict.fromkeys(local, f"more than {MAX_REFERENCED_MEDICATIONS} medicines were "
+                                                     "named by reference"))
         return
-    try:
-        outcomes = fetcher.fetch(request, wanted)
-    except (NoFhirAccess, AccessRefused) as e:
-        record.unfetched.update(dict.fromkeys(local, str(e)))
+    if not wanted:
         return
-    for ref in local[:MAX_REFERENCED_MEDICATIONS]:
-        outcome = outcomes.get(f"medication {orders.reference_target(ref)}")
-        if isinstance(outcome, dict) and outcome.get("resourceType") == "Medication":
-            record.resources.append(outcome)
+    found, reason = _fetched_medications(request, fetcher, [target.split("/", 1)[1] for target in wanted])
+    for ref, target in local.items():
+        if target in found:
+            record.resources.append(found[target])
         else:
-            record.unfetched[ref] = str(outcome) if isinstance(outcome, FetchFailed) else "could not be retrieved"
+            record.unfetched[ref] = reason
+
+
+def _fetched_medications(request: HookRequest, fetcher: Fetcher | None, ids: list[str]
+                         ) -> tuple[dict[str, dict[str, Any]], str]:
+    """The Medications with these ids from fhirServer, by "Medication/id", and why any other is missing."""
+    if fetcher is None or not request.fhirServer:
+        return {}, "the service has no FHIR server to fetch it from"
+    try:
+        outcome: Any = fetcher.fetch(request, {"medications-referenced": "Medication?_id=" + ",".join(ids)})
+    except (NoFhirAccess, AccessRefused) as e:
+        return {}, str(e)
+    outcome = outcome["medications-referenced"]
+    reason = "it was not found on the FHIR server"
+    if isinstance(outcome, FetchFailed):
+        reason, outcome = str(outcome), outcome.partial
+    found = orders.index(resources_in(outcome))
+    return {key: resource for key, resource in found.items() if key.startswith("Medication/")}, reason
 
 
 _ABSENT = object()
