@@ -19,21 +19,30 @@ PATIENT_FIELDS = ("subject", "patient")
 
 def belongs_to(resource: dict[str, Any], patient_id: str) -> bool:
     """Whether nothing in the resource says it is about someone other than `patient_id`."""
-    patient_id = patient_id.removeprefix("Patient/")  # some clients send the context id as a reference
-    if resource.get("resourceType") == "Patient":
-        return resource.get("id") in (None, patient_id)
-    for name in PATIENT_FIELDS:
-        reference = resource.get(name)
-        ref = reference.get("reference") if isinstance(reference, dict) else None
-        if isinstance(ref, str) and not _names(ref, patient_id):
-            return False
-    return True
+    return _Patient(patient_id).owns(resource)
 
 
 def split(resources: list[dict[str, Any]], patient_id: str) -> tuple[list[dict[str, Any]], int]:
     """The resources that belong to this patient, and how many were left out."""
-    own = [r for r in resources if belongs_to(r, patient_id)]
+    patient = _Patient(patient_id)
+    own = [r for r in resources if patient.owns(r)]
     return own, len(resources) - len(own)
+
+
+class _Patient:
+    def __init__(self, patient_id: str) -> None:
+        self.id = patient_id.removeprefix("Patient/")  # some clients send the context id as a reference
+        self.usual = {f"Patient/{self.id}", f"urn:uuid:{self.id}"}  # the forms nearly every record uses
+
+    def owns(self, resource: dict[str, Any]) -> bool:
+        if resource.get("resourceType") == "Patient":
+            return resource.get("id") in (None, self.id)
+        for name in PATIENT_FIELDS:
+            reference = resource.get(name)
+            ref = reference.get("reference") if isinstance(reference, dict) else None
+            if isinstance(ref, str) and ref not in self.usual and not _names(ref, self.id):
+                return False
+        return True
 
 
 def _names(reference: str, patient_id: str) -> bool:

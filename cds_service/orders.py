@@ -226,12 +226,13 @@ def reference_target(reference: str) -> str | None:
 
 
 def index(resources: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Resources by "Type/id", and by "urn:uuid:<id>" where the id is a uuid (Bundle-internal references)."""
+    """The Medications among `resources`, for `medicationReference`: by "Medication/id", and by
+    "urn:uuid:<id>" where the id is a uuid (a Bundle's internal references, as Synthea writes them)."""
     found: dict[str, dict[str, Any]] = {}
     for resource in resources:
         rid = resource.get("id")
-        if isinstance(rid, str):
-            found[f"{resource.get('resourceType')}/{rid}"] = resource
+        if resource.get("resourceType") == "Medication" and isinstance(rid, str):
+            found[f"Medication/{rid}"] = resource
             if references.uuid_id(f"urn:uuid:{rid}"):
                 found[f"urn:uuid:{rid}"] = resource
     return found
