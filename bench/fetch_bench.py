@@ -38,7 +38,7 @@ from tests.fhir_server import FhirServer, example_requests, prefetched_resources
 TARGET = 1.3
 TOKEN = "bench-token"
 SERVER_LATENCY_MS = {"Patient": 30, "Observation": 150, "Condition": 60, "MedicationAdministration": 90,
-                     "MedicationRequest": 80, "AllergyIntolerance": 40, "Immunization": 70}
+                     "MedicationStatement": 50, "MedicationRequest": 80, "AllergyIntolerance": 40, "Immunization": 70}
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30, help="fetch phases timed for parallelism (default 30)")
     args = parser.parse_args()
     book = rulebook.load()
-    templates = prefetch.templates(book.valuesets, book.products)
+    templates = prefetch.templates(book.valuesets)
     name, body = _richest_example(set(templates))
     server = start(token=TOKEN)
     try:

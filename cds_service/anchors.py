@@ -3,11 +3,12 @@ patient-view — the anti-CD20 therapy on record. Product differences come from 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterable
 
+from .facts import record_gap, skew, unknown_system
 from .labs import as_datetime
-from .orders import Catalogue, Match, Product, dose, medication_of, route_text
+from .orders import Catalogue, Match, Product, dose, medication_of, route_text, unresolved_reference
 
 DOSE_RESOURCES = {"MedicationAdministration": {"completed", "in-progress"},
                   "MedicationStatement": {"active", "completed"},
@@ -36,6 +37,7 @@ class Anchors:
     def __init__(self, catalogue: Catalogue, thresholds: dict[str, Any]) -> None:
         self.catalogue = catalogue
         self._reminders = thresholds["reminders"]
+        self.skew = skew(thresholds)
 
     def ordered_drug(self, resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> OrderedDrug | None:
         found = self.catalogue.product(medication_of(resource, bundle), route_text(resource))
@@ -44,21 +46,38 @@ class Anchors:
         product, match = found
         return OrderedDrug(f"{resource.get('resourceType')}/{resource.get('id')}", product, match, resource)
 
-    def doses(self, resources: Iterable[dict[str, Any]], bundle: dict[str, dict[str, Any]],
-              exclude: set[str]) -> list[Dose]:
-        """Past anti-CD20 doses on record (administrations, statements, completed orders), newest first."""
-        found = []
+    def doses(self, resources: Iterable[dict[str, Any]], bundle: dict[str, dict[str, Any]], exclude: set[str],
+              unfetched: dict[str, str], now: datetime) -> tuple[list[Dose], list[dict[str, Any]]]:
+        """Past anti-CD20 doses on record (administrations, statements, completed orders), newest first;
+        and, as data-unavailable facts, the dose records that could not be counted: dated after now, coded
+        under a system the service does not recognise, or naming their medicine only by a reference that
+        could not be resolved (`unfetched`: why)."""
+        found, problems, unidentified = [], [], []
         for resource in resources:
             kind = resource.get("resourceType")
             if kind not in DOSE_RESOURCES or resource.get("status") not in DOSE_RESOURCES[kind]:
                 continue
             if f"{kind}/{resource.get('id')}" in exclude:
                 continue
-            matched = self.catalogue.product(medication_of(resource, bundle), route_text(resource))
+            concept = medication_of(resource, bundle)
+            reference = unresolved_reference(resource, bundle) if concept is None else None
+            if reference:
+                unidentified.append(unfetched.get(reference, "it could not be retrieved"))
+            matched = self.catalogue.product(concept, route_text(resource))
             when = _time_of(resource)
-            if matched and when:
+            if not (matched and when):
+                continue
+            what = f"a {matched[0].data['short']} dose record of {when.date().isoformat()}"
+            if matched[1].unknown_system:
+                problems.append(record_gap("dose-history", what, unknown_system(matched[1].text, matched[1].unknown_system),
+                                           "is coded under an unknown code system"))
+            elif when > now + self.skew:
+                problems.append(record_gap("dose-history", what, _dated_after_now(when), "is dated after now"))
+            else:
                 found.append(Dose(matched[0], when))
-        return sorted(found, key=lambda d: d.when, reverse=True)
+        if unidentified:
+            problems.append(_unidentified(unidentified))
+        return sorted(found, key=lambda d: d.when, reverse=True), problems
 
     def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], drafts: list[dict[str, Any]],
               bundle: dict[str, dict[str, Any]], reactions: list[dict[str, Any]], history_known: bool,
@@ -101,9 +120,7 @@ class Anchors:
         given = sum(1 for d in doses if d.product.ingredient == last.product.ingredient)
         due_after = _step(regimen.get("due_after_days") or [None], given)
         if regimen.get("next_dose_reminder") and due_after:
-            due_in = due_after - since["days_since_last_dose"]
-            fact.update(next_dose_due_in_days=due_in, next_dose_overdue_days=max(0, -due_in),
-                        next_dose_date=datetime.fromordinal(last.when.toordinal() + due_after).date().isoformat())
+            fact.update(_next_dose(last.when, due_after, _step(regimen.get("late_window_days") or [0], given), now))
         return fact
 
     def _product_fact(self, product: Product, about: str, hook: str) -> dict[str, Any]:
@@ -123,13 +140,16 @@ class Anchors:
         present = {group for r in drafts if r is not drug.resource
                    for group in self.catalogue.groups(medication_of(r, bundle))}
         missing = [g for g in needed if g not in present]
+        names = product.data.get("premedication_names") or {}
         return {"premedication_missing": bool(missing),
-                "premedication_missing_text": " and ".join(self.catalogue.group_label(g) for g in missing)}
+                "premedication_missing_text": " and ".join(names.get(g) or self.catalogue.group_label(g)
+                                                           for g in missing)}
 
 
 def prior_depletion(resources: Iterable[dict[str, Any]], catalogue: Catalogue, bundle: dict[str, dict[str, Any]],
-                    now: datetime) -> list[dict[str, Any]]:
-    """Facts for past cladribine or alemtuzumab (any record of it being given or ordered)."""
+                    now: datetime, allowance: timedelta) -> list[dict[str, Any]]:
+    """Facts for past cladribine or alemtuzumab (any record of it being given or ordered); a record dated
+    more than `allowance` after now is a data problem instead."""
     facts = []
     for resource in resources:
         if resource.get("resourceType") not in ("MedicationAdministration", "MedicationStatement", "MedicationRequest"):
@@ -138,8 +158,13 @@ def prior_depletion(resources: Iterable[dict[str, Any]], catalogue: Catalogue, b
             continue
         when = _time_of(resource)
         groups = [g for g in catalogue.groups(medication_of(resource, bundle)) if g in PRIOR_DEPLETING]
-        if when and groups:
-            facts.append({"kind": "prior_therapy", "group": groups[0], "label": catalogue.group_label(groups[0]),
+        if not (when and groups):
+            continue
+        label = catalogue.group_label(groups[0])
+        if when > now + allowance:
+            facts.append(record_gap("prior-therapy", f"a record of {label}", _dated_after_now(when), "is dated after now"))
+        else:
+            facts.append({"kind": "prior_therapy", "group": groups[0], "label": label,
                           "date": when.date().isoformat(), "age_days": max(0, (now - when).days)})
     return facts
 
@@ -151,6 +176,16 @@ def therapy_fact(doses: list[Dose], now: datetime) -> dict[str, Any] | None:
     last = doses[0]
     return {"kind": "therapy", "product": last.product.key, "short": last.product.data["short"],
             "day": last.when.toordinal(), **_since(last.when, now)}
+
+
+def _next_dose(last: datetime, due_after: int, window: int, now: datetime) -> dict[str, Any]:
+    """When the next dose is due, in calendar days as the card shows them (a dose given yesterday evening
+    is one day ago this morning): due in so many days, or overdue by so many beyond the label's window."""
+    due = last.date() + timedelta(days=due_after)
+    due_in = (due - now.date()).days
+    return {"next_dose_date": due.isoformat(), "next_dose_due_in_days": due_in,
+            "next_dose_allowance_days": window, "next_dose_window_end": (due + timedelta(days=window)).isoformat(),
+            "next_dose_overdue_days": max(0, -due_in - window)}
 
 
 def _since(when: datetime, now: datetime) -> dict[str, Any]:
@@ -196,14 +231,31 @@ def _reaction(product: Product, reactions: list[dict[str, Any]]) -> dict[str, An
 
 
 def _time_of(resource: dict[str, Any]) -> datetime | None:
-    for key in ("effectiveDateTime", "occurrenceDateTime", "authoredOn", "dateAsserted"):
-        value = resource.get(key)
-        if isinstance(value, str):
-            return _parse(value)
+    """When a dose was given: its effective time (a period's end, the last dose of a course recorded as
+    one statement, else its start), else when the order was written or the statement made."""
+    for key in ("effectiveDateTime", "occurrenceDateTime"):
+        if isinstance(resource.get(key), str):
+            return _parse(resource[key])
     period = resource.get("effectivePeriod")
-    if isinstance(period, dict) and isinstance(period.get("start"), str):
-        return _parse(period["start"])
+    for end in ("end", "start"):
+        if isinstance(period, dict) and isinstance(period.get(end), str):
+            return _parse(period[end])
+    for key in ("authoredOn", "dateAsserted"):
+        if isinstance(resource.get(key), str):
+            return _parse(resource[key])
     return None
+
+
+def _dated_after_now(when: datetime) -> str:
+    return f"is dated after now ({when.date().isoformat()}): a data error, not a dose given"
+
+
+def _unidentified(reasons: list[str]) -> dict[str, Any]:
+    count = len(reasons)
+    what, names = ("a medication record", "names its") if count == 1 else (f"{count} medication records", "name their")
+    return record_gap("dose-history", what, f"{names} medicine only by a reference that could not be resolved "
+                      f"({'; '.join(dict.fromkeys(reasons))}), so a dose given may be missing from the history",
+                      "could not be identified")
 
 
 def _parse(value: str) -> datetime | None:

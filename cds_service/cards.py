@@ -1,8 +1,11 @@
-"""Findings → CDS Hooks cards: one card per rule, the most urgent variant's words, every number shown."""
+"""Findings → CDS Hooks cards: one card per clinical problem, the most urgent variant's words, every
+number shown."""
 from __future__ import annotations
 
+import json
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from .engine import Finding
@@ -22,44 +25,102 @@ log = logging.getLogger(__name__)
 
 
 def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
-    """Cards for these findings, most urgent first; suppressed rules (e.g. a subset pattern) dropped."""
+    """Cards for these findings, most urgent first: one per clinical problem (a family of rules in
+    rules.yaml, or a rule on its own), in the words of its most urgent rule, with what the others of its
+    family found carried in its detail."""
     by_rule: dict[str, list[Finding]] = {}
     for finding in findings:
         by_rule.setdefault(finding.rule_id, []).append(finding)
-    suppressed = {s for rule_id in by_rule for s in rulebook.rules[rule_id].suppresses}
-    order = list(rulebook.rules)
     thresholds = Names(rulebook.thresholds)
-    cards = [
-        _card(rulebook.rules[rule_id], group, rulebook, thresholds, hook_instance, patient_id)
-        for rule_id, group in by_rule.items() if rule_id not in suppressed
-    ]
+    problems = dict.fromkeys(rulebook.family_of[rule_id] for rule_id in by_rule)
+    cards = []
+    for family in problems:
+        parts = [_Part.of(rulebook.rules[rule_id], by_rule[rule_id], rulebook, thresholds)
+                 for rule_id in family if rule_id in by_rule]
+        parts.sort(key=lambda part: INDICATOR_RANK[part.indicator])  # stable: a tie keeps the family's order
+        cards.append(_card(parts[0], _adding(parts[1:], parts[0], rulebook), rulebook, hook_instance, patient_id))
+    order = list(rulebook.rules)
     cards.sort(key=lambda c: (INDICATOR_RANK[c["indicator"]], order.index(c["source"]["topic"]["code"])))
     return cards
 
 
-def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: Names, hook_instance: str,
-          patient_id: str) -> dict[str, Any]:
-    variants = rulebook.variants
-    top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
-    chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
-                    key=_severity, reverse=True)
-    summaries = _unique(_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen)
-    order = chosen[0].bindings["order"]
-    summary = summaries[0]
-    if len(summaries) > 1 and rule.summary_many:
-        summary = _fill(rule.summary_many, {"order": order}, thresholds, count=len(summaries))
-    source = _source(rule, order, rulebook)
+@dataclass(frozen=True)
+class _Part:
+    """What one rule would say as a card of its own: its most urgent variant's findings and words."""
+
+    rule: Rule
+    indicator: str
+    findings: list[Finding]
+    said: list[str]  # each finding's summary
+    thresholds: Names
+
+    @classmethod
+    def of(cls, rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: Names) -> "_Part":
+        variants = rulebook.variants
+        top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
+        chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
+                        key=_severity, reverse=True)
+        said = [_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen]
+        return cls(rule, variants[chosen[0].variant].indicator, chosen, said, thresholds)
+
+    def keeping(self, kept: list[bool]) -> "_Part":
+        findings = [f for f, keep in zip(self.findings, kept) if keep]
+        said = [s for s, keep in zip(self.said, kept) if keep]
+        return _Part(self.rule, self.indicator, findings, said, self.thresholds)
+
+    @property
+    def summaries(self) -> list[str]:
+        return _unique(self.said)
+
+    @property
+    def order(self) -> dict[str, Any]:
+        return self.findings[0].bindings["order"]
+
+    @property
+    def summary(self) -> str:
+        if len(self.summaries) > 1 and self.rule.summary_many:
+            return _fill(self.rule.summary_many, {"order": self.order}, self.thresholds, count=len(self.summaries))
+        return self.summaries[0]
+
+    def detail(self) -> str:
+        return _fill(self.rule.detail, {"order": self.order}, self.thresholds)
+
+
+def _adding(others: list[_Part], lead: _Part, rulebook: Rulebook) -> list[_Part]:
+    """The other parts of a problem, each without the findings whose every result the lead already shows
+    (an elevated ALT says nothing new on the liver-injury card that names it). A finding that rests on
+    something missing (an `unless` pattern: no HBV DNA in 90 days) always says something new."""
+    shown = {_key(fact) for f in lead.findings for name, fact in f.bindings.items() if name != "order"}
+    kept = [part.keeping([not _subsumed(f, shown, rulebook) for f in part.findings]) for part in others]
+    return [part for part in kept if part.findings]
+
+
+def _subsumed(finding: Finding, shown: set[str], rulebook: Rulebook) -> bool:
+    if "unless" in rulebook.variants[finding.variant].patterns:
+        return False
+    facts = [_key(fact) for name, fact in finding.bindings.items() if name != "order"]
+    return bool(facts) and all(fact in shown for fact in facts)
+
+
+def _key(fact: dict[str, Any]) -> str:
+    return json.dumps(fact, sort_keys=True, default=str)
+
+
+def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
+    source = _source(lead.rule, lead.order, rulebook)
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{rule.id}")),
-        "summary": _clip(summary),
-        "indicator": variants[chosen[0].variant].indicator,
-        "detail": _detail(rule, summaries, chosen, thresholds, source),
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{lead.rule.id}")),
+        "summary": _clip(lead.summary),
+        "indicator": lead.indicator,
+        "detail": _detail(lead, others, source, rulebook),
         "source": {"label": source["label"], **({"url": source["url"]} if source.get("url") else {}),
-                   "topic": {"system": TOPIC_SYSTEM, "code": rule.id, "display": rule.id}},
+                   "topic": {"system": TOPIC_SYSTEM, "code": lead.rule.id, "display": lead.rule.id}},
         "overrideReasons": [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS],
     }
-    if rule.orderables:
-        card["suggestions"] = [_order_tests(rule, patient_id, card["uuid"])]
+    suggestions = _unique_by_label(_order_tests(part.rule, patient_id, card["uuid"], part is lead)
+                                   for part in [lead, *others] if part.rule.orderables)
+    if suggestions:
+        card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
     return card
 
@@ -70,20 +131,25 @@ def _severity(finding: Finding) -> float:
 
 
 def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, str]:
-    """The rule's source, or the ordered product's own label for rules that depend on the product."""
+    """The rule's source, or the ordered product's own label (and its section there) for rules that
+    depend on the product: a rituximab order cites the rituximab label."""
     key = order.get("label_source") if rule.source == "product" else rule.source
     source = rulebook.sources[key]
-    label = f"{source['label']}, {rule.section}" if rule.section else source["label"]
+    section = rule.section_in(key)
+    label = f"{source['label']}, {section}" if section else source["label"]
     return {"label": label, "url": source.get("url", ""), "seed": source["seed"]}
 
 
-def _detail(rule: Rule, summaries: list[str], findings: list[Finding], thresholds: Names,
-            source: dict[str, str]) -> str:
-    order = findings[0].bindings["order"]
+def _detail(lead: _Part, others: list[_Part], source: dict[str, str], rulebook: Rulebook) -> str:
+    order = lead.order
     parts = []
-    if len(summaries) > 1:
-        parts.append("\n".join(f"- {s}" for s in summaries))
-    parts.append(_fill(rule.detail, {"order": order}, thresholds))
+    if len(lead.summaries) > 1:
+        parts.append("\n".join(f"- {s}" for s in lead.summaries))
+    parts.append(lead.detail())
+    for other in others:
+        said = other.summaries[0] if len(other.summaries) == 1 else "\n" + "\n".join(f"- {s}" for s in other.summaries)
+        parts.append(f"**Also:** {said}\n\n{other.detail()}")
+    findings = [f for part in [lead, *others] for f in part.findings]
     rows = _unique(_row(fact) for f in findings for name, fact in f.bindings.items()
                    if name != "order" and fact.get("kind") == "lab")
     if rows:
@@ -104,6 +170,9 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
         dose += f" Recognised by its name (\"{order['matched_text']}\"), not by a code."
     parts.append(dose)
     parts.append(f"Source: {source['label']} (evidence summary: {source['seed']}).")
+    also = _unique(f"Also: {s['label']} (evidence summary: {s['seed']})." for other in others
+                   for s in [_source(other.rule, other.order, rulebook)] if s["label"] != source["label"])
+    parts += also
     return "\n\n".join(p for p in parts if p)
 
 
@@ -125,7 +194,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
 
-def _order_tests(rule: Rule, patient_id: str, card_uuid: str) -> dict[str, Any]:
+def _order_tests(rule: Rule, patient_id: str, card_uuid: str, lead: bool = True) -> dict[str, Any]:
     names = " and ".join(t["display"].split(" [")[0] for t in rule.orderables)
     actions = [{
         "type": "create",
@@ -137,8 +206,16 @@ def _order_tests(rule: Rule, patient_id: str, card_uuid: str) -> dict[str, Any]:
             "subject": {"reference": f"Patient/{patient_id}"},
         },
     } for test in rule.orderables]
-    return {"label": _clip(f"Order {names}"), "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{card_uuid}/order")),
+    name = f"{card_uuid}/order" if lead else f"{card_uuid}/{rule.id}/order"
+    return {"label": _clip(f"Order {names}"), "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
             "isRecommended": True, "actions": actions}
+
+
+def _unique_by_label(suggestions: Any) -> list[dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for suggestion in suggestions:
+        found.setdefault(suggestion["label"], suggestion)
+    return list(found.values())
 
 
 def _fill(template: str, bindings: dict[str, Any], thresholds: Names, **extra: Any) -> str:

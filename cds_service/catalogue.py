@@ -18,6 +18,10 @@ def markdown(book: Rulebook) -> str:
     for rule in book.rules.values():
         lines.append(f"| [`{rule.id}`](#{rule.id}) | {_runs_on(rule, book)} | {_indicators(rule)} | "
                      f"{_source(rule, book)} |")
+    lines += ["", "## Families", "",
+              "Rules about one clinical problem give one card: the most urgent one's (a tie goes to the rule",
+              "listed first), whose detail carries what the others found.", ""]
+    lines += [f"- **{name}**: " + ", ".join(f"`{r}`" for r in members) for name, members in book.families.items()]
     for rule in book.rules.values():
         lines += ["", f"## {rule.id}", "", " ".join(rule.detail.split()), "",
                   f"- Runs on: {_runs_on(rule, book)}", f"- Source: {_source(rule, book)}"]
@@ -33,6 +37,7 @@ def text(book: Rulebook) -> str:
         for variant in rule.variants:
             out.append(f"    {variant.indicator:8} {_conditions(variant.patterns, book)}")
         out.append(f"    source: {_source(rule, book)}")
+    out += [f"family {name}: {', '.join(members)}" for name, members in book.families.items()]
     return "\n".join(out) + "\n"
 
 
@@ -49,10 +54,22 @@ def _indicators(rule: Rule) -> str:
 
 def _source(rule: Rule, book: Rulebook) -> str:
     if rule.source == "product":
-        return f"each product's own label ({rule.section})" if rule.section else "each product's own label"
+        where = _label_sections(rule, book)
+        return f"each product's own label ({where})" if where else "each product's own label"
     source = book.sources[rule.source]
     label = f"{source['label']}, {rule.section}" if rule.section else source["label"]
     return f"{label} — `{source['seed']}`"
+
+
+def _label_sections(rule: Rule, book: Rulebook) -> str:
+    """The section a product rule cites in each product's label, or its one section for all of them."""
+    if not rule.sections:
+        return rule.section
+    shorts: dict[str, list[str]] = {}
+    for product in book.products.values():
+        shorts.setdefault(product["label"]["source"], []).append(product["short"])
+    return "; ".join(f"{' and '.join(shorts.get(label, [label]))}: {rule.section_in(label)}" for label in shorts
+                     if rule.section_in(label))
 
 
 def _conditions(patterns: dict[str, Any], book: Rulebook) -> str:

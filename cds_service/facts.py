@@ -7,7 +7,7 @@ The facts about what is being ordered (the rules' anchor) are built in anchors.p
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -16,8 +16,9 @@ from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from .labs import LabReader, LabResult, Unreadable, as_datetime
-from .orders import Catalogue, as_list, medication_of
+from .codesystems import CodeSystems
+from .labs import Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir
+from .orders import Catalogue, as_list, index, medication_of, route_text
 from .rulebook import Rulebook
 from .units import Units
 
@@ -27,6 +28,7 @@ ACTIVE_MEDICATION = {"MedicationRequest": {"active", "draft"}, "MedicationStatem
 EVERY_RESULT_CAP = 50  # most results kept for analytes where any recent one counts (every_result_days)
 DEFAULT_LIMITS = {"alt": "high", "ast": "high", "alp": "high", "bilirubin": "high", "igg": "low"}
 GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose history",
+                "statements": "the medication statements (doses recorded elsewhere)",
                 "medications": "the medication list", "allergies": "the allergy list",
                 "immunizations": "the immunization history"}
 
@@ -37,13 +39,15 @@ class FactBuilder:
         self.catalogue = Catalogue(rulebook.products, rulebook.valuesets)
         self._labs = LabReader(rulebook.valuesets, Units(rulebook.units))
         self._analytes = rulebook.valuesets["analytes"]
+        self._systems = CodeSystems(rulebook.valuesets)
         systems = rulebook.valuesets["systems"]
         self._condition_codes = {
-            (systems[system], code): group
+            code: (systems[system], group)
             for group, spec in rulebook.valuesets["conditions"].items()
             for system in ("snomed", "icd10cm")
             for code in spec.get(system, ())
         }
+        self.skew = skew(rulebook.thresholds)
         anaphylaxis = rulebook.valuesets["anaphylaxis"]
         self._anaphylaxis = (set(anaphylaxis["snomed"]), tuple(anaphylaxis["words"]))
 
@@ -72,31 +76,45 @@ class FactBuilder:
         return "unknown"
 
     def _lab_facts(self, observations: list[dict[str, Any]], sex: str, now: datetime) -> list[dict[str, Any]]:
-        """The latest readable result per analyte (every recent one where any counts), and each result
-        newer than it that could not be read. Results are read newest first and only as far as needed:
-        a long record's older results are never validated."""
-        by_analyte: dict[str, list[dict[str, Any]]] = {}
+        """The latest readable final result per analyte (every recent one where any counts), and each
+        result newer than it that could not be read. A preliminary result stands in only while no final
+        one exists: it never replaces a final one. Results are read newest first and only as far as
+        needed: a long record's older results are never validated."""
+        by_analyte: dict[str, list[tuple[dict[str, Any], Coded]]] = {}
         for resource in observations:
-            analyte = self._labs.analyte_of(resource)
-            if analyte:
-                by_analyte.setdefault(analyte, []).append(resource)
+            coded = self._labs.analyte_of(resource)
+            if coded:
+                by_analyte.setdefault(coded.analyte, []).append((resource, coded))
         facts = []
-        for analyte, resources in by_analyte.items():
-            days = self._analytes[analyte].get("every_result_days")
-            wanted = EVERY_RESULT_CAP if days else 1
-            usable: list[LabResult] = []
-            for resource in sorted(resources, key=_stated_time, reverse=True):
-                if usable and days and (now - _stated_time(resource)).days > days:
-                    break
-                reading = self._labs.read(resource, analyte)
-                if isinstance(reading, Unreadable) and not usable:
-                    facts.append(self._unreadable_fact(reading))
-                elif isinstance(reading, LabResult):
-                    usable.append(reading)
-                    if len(usable) == wanted:
-                        break
-            facts += [self._lab_fact(lab, sex, now) for lab in sorted(usable, key=lambda r: r.when, reverse=True)]
+        for analyte, entries in by_analyte.items():
+            used, unreadable = self._readings(analyte, entries, now)
+            facts += [self._unreadable_fact(bad, resource, now) for bad, resource in unreadable]
+            facts += [self._lab_fact(lab, sex, now) for lab in sorted(used, key=lambda r: r.when, reverse=True)]
         return facts
+
+    def _readings(self, analyte: str, entries: list[tuple[dict[str, Any], Coded]], now: datetime
+                  ) -> tuple[list[LabResult], list[tuple[Unreadable, dict[str, Any]]]]:
+        """The results of one analyte the rules use, and the unreadable ones newer than every final one."""
+        days = self._analytes[analyte].get("every_result_days")
+        wanted = EVERY_RESULT_CAP if days else 1
+        final: list[LabResult] = []
+        provisional: LabResult | None = None
+        unreadable = []
+        for resource, coded in sorted(entries, key=lambda e: _stated_time(e[0]), reverse=True):
+            if final and days and (now - _stated_time(resource)).days > days:
+                break
+            reading = self._labs.read(resource, coded)
+            if isinstance(reading, LabResult) and reading.when > now + self.skew:
+                reading = _future(analyte, reading.when)
+            if isinstance(reading, Unreadable) and not final:
+                unreadable.append((reading, resource))
+            elif isinstance(reading, LabResult) and (days or reading.final):
+                final.append(reading)
+                if len(final) == wanted:
+                    break
+            elif isinstance(reading, LabResult) and provisional is None:
+                provisional = reading
+        return final or ([provisional] if provisional else []), unreadable
 
     def _lab_fact(self, lab: LabResult, sex: str, now: datetime) -> dict[str, Any]:
         fact: dict[str, Any] = {
@@ -119,14 +137,21 @@ class FactBuilder:
                         x_uln_text=f"{lab.value / high:.2f} ×")
         if low is not None:
             fact.update(lln=low, lln_text=f"{_num(low)} {lab.unit}", below_lln=lab.value < low)
+        grades = self._analytes[lab.analyte].get("grades")
+        if grades:
+            fact["grade_text"] = _grade(grades, lab.value, low)
         fact["limit_used"] = default or ""  # which limit the rules compare this analyte with, for the card
         return fact
 
-    def _unreadable_fact(self, bad: Unreadable) -> dict[str, Any]:
+    def _unreadable_fact(self, bad: Unreadable, resource: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """Which result could not be read and why, dated so that each rule counts it only in its own
+        window (an undated one counts everywhere: it may be today's)."""
         label = self._analytes[bad.analyte]["label"]
-        when = f" from {bad.when.date().isoformat()}" if bad.when else ""
-        return {"kind": "unavailable", "analyte": bad.analyte, "what": f"the latest {label} result{when}",
-                "reason": bad.reason, "brief": bad.reason}
+        when = bad.when or _stated(resource)
+        dated = _age(when, now) if when else {"date": "", "day": now.toordinal(), "age_days": 0, "age_hours": 0}
+        what = f"the {label} result of {dated['date']}" if when else f"the {label} result with no readable date"
+        return {"kind": "unavailable", "source": "lab", "analyte": bad.analyte, "what": what, **dated,
+                "reason": bad.reason, "brief": bad.brief or bad.reason}
 
     def _gap_facts(self, key: str, reason: str) -> list[dict[str, Any]]:
         """A prefetch key that could not be had: one fact per check it would have fed."""
@@ -134,44 +159,55 @@ class FactBuilder:
             return []  # only sex is read, to pick a default limit; the card says when it was unknown
         if key == "labs":
             what = "the lab results (HBV serology, IgG, liver tests, blood counts)"
-            return [{"kind": "unavailable", "analyte": analyte, "what": what, "reason": reason,
-                     "brief": "could not be retrieved"}
+            return [{**record_gap(analyte, what, reason, "could not be retrieved"), "source": "lab"}
                     for analyte in self._analytes]
-        return [{"kind": "unavailable", "analyte": f"prefetch:{key}", "what": GAP_SUBJECTS.get(key, key),
-                 "brief": "could not be retrieved",
-                 "reason": reason}]
+        return [record_gap(f"prefetch:{key}", GAP_SUBJECTS.get(key, key), reason, "could not be retrieved")]
 
     def _condition_facts(self, conditions: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
         facts = []
         for resource in conditions:
-            group = self._condition_group(resource)
-            if group is None:
+            coded = self._condition_group(resource)
+            if coded is None:
+                continue
+            group, problem = coded
+            spec = self._rulebook.valuesets["conditions"][group]
+            what = f"a {spec['label']} problem-list entry"
+            if problem:
+                facts.append(record_gap(f"condition:{group}", what, problem, "is coded under an unknown code system"))
                 continue
             try:
                 condition = Condition.model_validate(resource)
-            except (ValidationError, RecursionError):
-                label = self._rulebook.valuesets["conditions"][group]["label"]
-                facts.append({"kind": "unavailable", "analyte": f"condition:{group}",
-                              "what": f"a {label} problem-list entry", "reason": "is not valid FHIR", "brief": "is not valid FHIR"})
+            except (ValidationError, RecursionError) as e:
+                facts.append(record_gap(f"condition:{group}", what, _invalid(e), "is not valid FHIR"))
                 continue
-            history_counts = self._rulebook.valuesets["conditions"][group].get("history_counts", False)
-            if _is_active(condition) or (history_counts and _is_confirmed(condition)):
-                since = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None) \
-                    or condition.recordedDate
-                label = self._rulebook.valuesets["conditions"][group]["label"]
-                facts.append({"kind": "condition", "group": group, "status": _first_code(condition.clinicalStatus) or "active",
-                              "display": condition.code.text or _first_display(condition.code) or label,
-                              **(_age(as_datetime(since), now) if since else {"age_days": 0, "date": "unknown"})})
+            if not (_is_active(condition) or (spec.get("history_counts", False) and _is_confirmed(condition))):
+                continue
+            since = condition.onsetDateTime or (condition.onsetPeriod.start if condition.onsetPeriod else None) \
+                or condition.recordedDate
+            when = as_datetime(since) if since else None
+            if when and when > now + self.skew:
+                facts.append(record_gap(f"condition:{group}", what, _dated_after_now(when), "is dated after now"))
+                continue
+            facts.append({"kind": "condition", "group": group, "status": _first_code(condition.clinicalStatus) or "active",
+                          "display": condition.code.text or _first_display(condition.code) or spec["label"],
+                          **(_age(when, now) if when else {"age_days": 0, "date": "unknown"})})
         return facts
 
-    def _condition_group(self, resource: dict[str, Any]) -> str | None:
+    def _condition_group(self, resource: dict[str, Any]) -> tuple[str, str] | None:
+        """The problem-list group of a Condition's code, and a problem when its code system is unknown."""
         code = resource.get("code")
+        stray = None
         for coding in as_list(code.get("coding")) if isinstance(code, dict) else ():
-            if isinstance(coding, dict):
-                group = self._condition_codes.get((coding.get("system"), coding.get("code")))
-                if group:
-                    return group
-        return None
+            value = coding.get("code") if isinstance(coding, dict) else None
+            known = self._condition_codes.get(value.strip()) if isinstance(value, str) else None
+            if known is None:
+                continue
+            system = self._systems.canonical(coding.get("system"))
+            if system == known[0]:
+                return known[1], ""
+            if system is None and stray is None:
+                stray = known[1], unknown_system(value.strip(), self._systems.shown(coding.get("system")))
+        return stray
 
     def _reaction_facts(self, allergies: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Severe reactions to an anti-CD20 substance (high criticality, severe, or anaphylaxis)."""
@@ -184,9 +220,9 @@ class FactBuilder:
                 continue
             try:
                 allergy = AllergyIntolerance.model_validate(resource)
-            except (ValidationError, RecursionError):
-                facts.append({"kind": "unavailable", "analyte": "reaction", "reason": "is not valid FHIR", "brief": "is not valid FHIR",
-                              "what": f"an allergy-list entry for {substance.what}"})
+            except (ValidationError, RecursionError) as e:
+                facts.append(record_gap("reaction", f"an allergy-list entry for {substance.what}", _invalid(e),
+                                        "is not valid FHIR"))
                 continue
             if _first_code(allergy.clinicalStatus) in ("inactive", "resolved") or \
                     _first_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
@@ -213,9 +249,10 @@ class FactBuilder:
         return False
 
     def _medication_facts(self, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Active (or just-drafted) medicines by group: anti-infectives, HBV prophylaxis, and so on."""
+        """Active (or just-drafted) medicines by group: anti-infectives, HBV prophylaxis, and so on; and
+        the anti-CD20 therapies active on the record (not the drafts being ordered now)."""
         facts = []
-        bundle = {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
+        bundle = index(resources)
         for resource in resources:
             statuses = ACTIVE_MEDICATION.get(resource.get("resourceType", ""))
             if not statuses or resource.get("status") not in statuses:
@@ -223,6 +260,10 @@ class FactBuilder:
             concept = medication_of(resource, bundle)
             for group in self.catalogue.groups(concept):
                 facts.append({"kind": "medication", "group": group, "display": _concept_text(concept)})
+            found = self.catalogue.product(concept, route_text(resource)) if resource.get("status") != "draft" else None
+            if found and not found[1].unknown_system:
+                facts.append({"kind": "active_therapy", "product": found[0].key, "short": found[0].data["short"],
+                              "display": _concept_text(concept)})
         return facts
 
     def _vaccine_facts(self, immunizations: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -233,15 +274,72 @@ class FactBuilder:
             kind = self.catalogue.vaccine(resource.get("vaccineCode"))
             if kind is None:
                 continue
+            if kind[0] == "unrecognised":
+                facts.append(record_gap("vaccine", "a vaccine record", kind[1], "is coded under an unknown code system"))
+                continue
             try:
                 given = Immunization.model_validate(resource).occurrenceDateTime
-            except (ValidationError, RecursionError):
-                facts.append({"kind": "unavailable", "analyte": "vaccine", "what": f"a {kind[1]} record",
-                              "reason": "is not valid FHIR", "brief": "is not valid FHIR"})
+            except (ValidationError, RecursionError) as e:
+                facts.append(record_gap("vaccine", f"a {kind[1]} record", _invalid(e), "is not valid FHIR"))
                 continue
-            if given is not None:
-                facts.append({"kind": "vaccine", "live": kind[0], "display": kind[1], **_age(as_datetime(given), now)})
+            when = as_datetime(given) if given is not None else None
+            if when and when > now + self.skew:
+                facts.append(record_gap("vaccine", f"a {kind[1]} record", _dated_after_now(when), "is dated after now"))
+            elif when:
+                facts.append({"kind": "vaccine", "live": kind[0], "display": kind[1], **_age(when, now)})
         return facts
+
+
+def record_gap(subject: str, what: str, reason: str, brief: str = "") -> dict[str, Any]:
+    """A check that could not run for a reason that has no date of its own (a prefetch key that could not
+    be had, an entry that is not valid FHIR): it counts for every rule, whatever its window."""
+    return {"kind": "unavailable", "source": "record", "analyte": subject, "what": what, "reason": reason,
+            "brief": brief or reason, "date": "", "age_days": 0, "age_hours": 0}
+
+
+def foreign_fact(count: int) -> dict[str, Any]:
+    """Resources of another patient were received and left out (identity.py)."""
+    noun = "resource" if count == 1 else "resources"
+    return {"kind": "unavailable", "source": "identity", "analyte": "identity", "count": count,
+            "count_text": f"{count} {noun}", "what": "data for another patient",
+            "brief": f"was received and ignored ({count} {noun})",
+            "reason": f"was received and ignored ({count} {noun} naming another patient): only this patient's "
+                      "own record was used. Check what the EHR sends to this service."}
+
+
+def unknown_system(code: str, system: str) -> str:
+    return f"is coded {code} under a code system the service does not recognise ({system})"
+
+
+def skew(thresholds: dict[str, Any]) -> timedelta:
+    """How far after now a record's date may lie and still be taken as now (clocks differ a little)."""
+    return timedelta(minutes=thresholds["clock"]["skew_allowance_minutes"])
+
+
+def _dated_after_now(when: datetime) -> str:
+    return f"is dated after now ({when.date().isoformat()}): a data error, not a recent event"
+
+
+def _future(analyte: str, when: datetime) -> Unreadable:
+    return Unreadable(analyte, when, _dated_after_now(when), "is dated after now")
+
+
+def _invalid(error: Exception) -> str:
+    return invalid_fhir(error) if isinstance(error, ValidationError) else "is not valid FHIR (nested too deeply)"
+
+
+def _grade(spec: dict[str, Any], value: float, lln: float | None) -> str:
+    """The result's grade on the analyte's scale (valuesets.yaml `grades`): the worst band it is below,
+    else grade 1 when it is below the lower limit of normal."""
+    for bound, grade in spec["below"]:
+        if value < bound:
+            return f"{spec['scale']} grade {grade}"
+    return f"{spec['scale']} grade 1" if lln is not None and value < lln else "not graded"
+
+
+def _stated(resource: dict[str, Any]) -> datetime | None:
+    when = _stated_time(resource)
+    return None if when == datetime.max.replace(tzinfo=timezone.utc) else when
 
 
 def _stated_time(resource: dict[str, Any]) -> datetime:

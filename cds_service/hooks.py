@@ -12,9 +12,11 @@ REQUIRED_CONTEXT = {
     "patient-view": ("userId", "patientId"),
 }
 PREFETCH_KEYS = {
-    "order-select": ("patient", "labs", "conditions", "administrations", "medications", "allergies", "immunizations"),
-    "order-sign": ("patient", "labs", "conditions", "administrations", "medications", "allergies", "immunizations"),
-    "patient-view": ("patient", "labs", "administrations", "medications"),
+    "order-select": ("patient", "labs", "conditions", "administrations", "statements", "medications", "allergies",
+                     "immunizations"),
+    "order-sign": ("patient", "labs", "conditions", "administrations", "statements", "medications", "allergies",
+                   "immunizations"),
+    "patient-view": ("patient", "labs", "administrations", "statements", "medications"),
 }
 
 

@@ -19,9 +19,11 @@ from typing import Any
 from fhir.resources.R4B.observation import Observation
 from pydantic import ValidationError
 
+from .codesystems import CodeSystems
 from .units import UnknownUnit, Units
 
 IGNORED_STATUS = {"entered-in-error", "cancelled", "registered"}
+FINAL_STATUS = {"final", "amended", "corrected"}  # a result any other status (preliminary) never outranks
 READINGS_KEPT = 4096  # a few hundred patients' results: a few MB at most
 
 
@@ -36,48 +38,74 @@ class LabResult:
     low: float | None = None  # reference limits in the canonical unit
     high: float | None = None
     range_source: str = ""  # "the result's reference range" or "the default limit"
-    original: str = ""  # the value as reported when it had to be converted, e.g. "15 umol/L"
+    original: str = ""  # the value as reported when its unit is not written as the canonical one, e.g. "15 umol/L"
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUS
 
 
 @dataclass(frozen=True)
 class Unreadable:
     analyte: str
     when: datetime | None
-    reason: str
+    reason: str  # everything that is wrong, for the card's detail
+    brief: str = ""  # the same in a few words, for its summary (the reason itself when empty)
+
+
+@dataclass(frozen=True)
+class Coded:
+    """What an Observation's code says it reports; `problem` when its code cannot be trusted as sent."""
+
+    analyte: str
+    problem: str = ""
 
 
 class LabReader:
     def __init__(self, valuesets: dict[str, Any], units: Units) -> None:
-        loinc = valuesets["systems"]["loinc"]
+        self._systems = CodeSystems(valuesets)
+        self._loinc, self._ucum = valuesets["systems"]["loinc"], valuesets["systems"]["ucum"]
         self._analytes = valuesets["analytes"]
-        self._by_code = {(loinc, code): name for name, a in self._analytes.items() for code in a["loinc"]}
+        self._by_code = {code: name for name, a in self._analytes.items() for code in a["loinc"]}
         self._answers = _answer_table(valuesets["qualitative"], valuesets["systems"])
         self._units = units
         self._read_text = lru_cache(maxsize=READINGS_KEPT)(self._read_text_uncached)
 
-    def analyte_of(self, resource: dict[str, Any]) -> str | None:
-        """The analyte an Observation reports, judged from its raw JSON (cheap: used as a filter)."""
+    def analyte_of(self, resource: dict[str, Any]) -> Coded | None:
+        """The analyte an Observation reports, judged from its raw JSON (cheap: used as a filter).
+
+        LOINC in any spelling (codesystems.py) counts; a LOINC code the rules know under a system that
+        is not LOINC in any spelling is still this analyte, with the problem named, so that the check it
+        feeds says it could not read it instead of saying there is no result."""
         code = resource.get("code")
         codings = code.get("coding") if isinstance(code, dict) else None
+        stray = None
         for coding in codings if isinstance(codings, list) else ():
-            if isinstance(coding, dict):
-                name = self._by_code.get((coding.get("system"), coding.get("code")))
-                if name:
-                    return name
-        return None
+            value = coding.get("code") if isinstance(coding, dict) else None
+            name = self._by_code.get(value.strip()) if isinstance(value, str) else None
+            if name is None:
+                continue
+            system = self._systems.canonical(coding.get("system"))
+            if system == self._loinc:
+                return Coded(name)
+            if system is None and stray is None:
+                stray = Coded(name, f"is coded {value.strip()} under a code system the service does not "
+                                    f"recognise ({self._systems.shown(coding.get('system'))})")
+        return stray
 
-    def read(self, resource: dict[str, Any], analyte: str) -> LabResult | Unreadable | None:
+    def read(self, resource: dict[str, Any], coded: Coded) -> LabResult | Unreadable | None:
         """None for results that do not count at all (entered in error, cancelled)."""
         if resource.get("status") in IGNORED_STATUS:
             return None
-        return self._read_text(json.dumps(resource, separators=(",", ":")), analyte)
+        if coded.problem:
+            return Unreadable(coded.analyte, None, coded.problem, "is coded under an unknown code system")
+        return self._read_text(json.dumps(resource, separators=(",", ":")), coded.analyte)
 
     def _read_text_uncached(self, text: str, analyte: str) -> LabResult | Unreadable:
         try:
             obs = Observation.model_validate(json.loads(text))
         except ValidationError as e:
-            fields = sorted({".".join(str(p) for p in err["loc"]) for err in e.errors()})
-            return Unreadable(analyte, None, "is not valid FHIR (" + ", ".join(fields[:3]) + ")")
+            return Unreadable(analyte, None, invalid_fhir(e), "is not valid FHIR")
         when = _when(obs)
         if when is None:
             return Unreadable(analyte, None, "has no date")
@@ -94,18 +122,26 @@ class LabReader:
         if q is None or q.value is None:
             return Unreadable(analyte, when, "has no numeric value")
         family = self._analytes[analyte]["units"]
-        unit = q.code if q.code and q.system == "http://unitsofmeasure.org" else (q.unit or q.code)
+        unit = self._unit(q)
+        if not unit:
+            return Unreadable(analyte, when, "has no unit")
         try:
             value = self._units.to_canonical(family, _bound(float(q.value), q.comparator), unit)
         except UnknownUnit:
-            return Unreadable(analyte, when, f"is in a unit the service does not know ({unit or 'none'})")
+            return Unreadable(analyte, when, f"is in a unit the service does not know ({unit})")
         low, high = self._range(obs, family)
         return LabResult(
             analyte, when, obs.status, value=value, unit=self._units.canonical(family),
             low=low, high=high, range_source="the result's reference range" if (low, high) != (None, None) else "",
-            original="" if self._units.is_canonical(family, unit) and not q.comparator
+            original="" if self._units.written_canonically(family, q.unit or unit) and not q.comparator
             else f"{q.comparator or ''}{_number(float(q.value))} {q.unit or unit}",
         )
+
+    def _unit(self, quantity: Any) -> str | None:
+        """The UCUM code when the quantity says it is UCUM (in any spelling of the system), else its text."""
+        if quantity.code and self._systems.canonical(quantity.system) == self._ucum:
+            return quantity.code
+        return quantity.unit or quantity.code
 
     def _range(self, obs: Observation, family: str) -> tuple[float | None, float | None]:
         """Limits from the result's own reference range, converted like the value; else (None, None)."""
@@ -123,15 +159,15 @@ class LabReader:
     def _limit(self, quantity: Any, family: str) -> float | None:
         if quantity is None or quantity.value is None:
             return None
-        unit = quantity.code if quantity.code and quantity.system == "http://unitsofmeasure.org" else (quantity.unit or quantity.code)
-        return self._units.to_canonical(family, float(quantity.value), unit)
+        return self._units.to_canonical(family, float(quantity.value), self._unit(quantity))
 
     def _answer(self, obs: Observation, kind: str) -> str | None:
         if obs.valueCodeableConcept:
             codings = obs.valueCodeableConcept.coding or ()
             for coding in codings:
-                if (coding.system, coding.code) in self._answers["code"]:
-                    return self._answers["code"][(coding.system, coding.code)]
+                answer = self._answers["code"].get((self._systems.canonical(coding.system), coding.code))
+                if answer:
+                    return answer
             for text in [obs.valueCodeableConcept.text] + [c.display for c in codings]:
                 found = self._word(text)
                 if found:
@@ -152,6 +188,15 @@ class LabReader:
 
     def _word(self, text: str | None) -> str | None:
         return self._answers["word"].get(" ".join(text.lower().split())) if text else None
+
+
+def invalid_fhir(error: ValidationError) -> str:
+    """Every validation problem of a resource, each by its field and what is wrong there (pydantic's
+    messages name the expected form, never the value sent)."""
+    problems = dict.fromkeys(
+        f"{'.'.join(str(p) for p in e['loc']) or 'the resource'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors())
+    return "is not valid FHIR (" + "; ".join(problems) + ")"
 
 
 def _bound(value: float, comparator: str | None) -> float:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
+
+from . import references
+from .codesystems import CodeSystems
 
 SUBCUTANEOUS = re.compile(r"\b(subcutaneous|subcut|s\.?c\.?|sq|subq)\b", re.I)
 SNOMED_SUBCUTANEOUS = "34206005"
@@ -31,6 +34,20 @@ class Match:
     what: str  # product key, drug group, substance or "vaccine"
     by: str  # "code" or "text"
     text: str  # what matched, for the card
+    unknown_system: str = ""  # matched by a code the rules know, under a system the service does not
+
+
+class Coding(NamedTuple):
+    """A coding as compared: its system in canonical form (None when not recognised) and its code."""
+
+    system: str | None
+    code: str
+    sent_system: Any
+    display: Any
+
+    @property
+    def label(self) -> str:
+        return f"{self.code} ({self.display or self.system or self.sent_system})"
 
 
 class CodeSet:
@@ -38,15 +55,19 @@ class CodeSet:
 
     def __init__(self, codes: Iterable[tuple[str, str]], names: Iterable[str]) -> None:
         self.codes = frozenset((system, _plain_code(system, code)) for system, code in codes)
+        self.bare = frozenset(code for _, code in self.codes)
         names = list(names)
         self.names = re.compile(r"\b(" + "|".join(re.escape(n) for n in names) + r")\b", re.I) if names else None
 
-    def match_code(self, codings: list[dict[str, Any]]) -> str | None:
+    def match_code(self, codings: list[Coding]) -> str | None:
         for coding in codings:
-            system = coding.get("system")
-            if (system, _plain_code(system, str(coding.get("code", "")))) in self.codes:
-                return f"{coding.get('code')} ({coding.get('display') or system})"
+            if coding.system and (coding.system, _plain_code(coding.system, coding.code)) in self.codes:
+                return coding.label
         return None
+
+    def match_stray(self, codings: list[Coding]) -> Coding | None:
+        """A coding whose code is one of these under a system the service does not recognise."""
+        return next((c for c in codings if c.system is None and ndc11(c.code) in self.bare), None)
 
     def match_text(self, texts: list[str]) -> str | None:
         if self.names is None:
@@ -60,6 +81,7 @@ class Catalogue:
     def __init__(self, products: dict[str, Any], valuesets: dict[str, Any]) -> None:
         systems = valuesets["systems"]
         self.systems = systems
+        self.code_systems = CodeSystems(valuesets)
         self.products = {key: Product(key, p) for key, p in products.items()}
         self._products = {key: CodeSet([(systems["rxnorm"], c) for c in p.get("rxnorm", ())]
                                        + [(systems["ndc"], c) for c in p.get("ndc", ())], p["names"])
@@ -72,10 +94,14 @@ class Catalogue:
         self._live_names = CodeSet((), vaccines["live_names"])
         self._ambiguous = {c.lstrip("0") for c in vaccines["ambiguous"]}
         self._non_live = {c.lstrip("0") for c in vaccines["non_live_despite_name"]}
+        self._known_cvx = self._live | self._ambiguous | self._non_live
 
     def product(self, concept: dict[str, Any] | None, route: str = "") -> tuple[Product, Match] | None:
-        """The anti-CD20 product a medication names, by code first, then by name."""
-        found = _first(self._products, concept)
+        """The anti-CD20 product a medication names: by code, then by name, then by a code the rules know
+        under a system the service does not recognise (the Match says which system, so that the caller
+        reports it)."""
+        codings, texts = self._read(concept)
+        found = _first(self._products, codings, texts) or _stray(self._products, codings, self.code_systems)
         if found is None:
             return None
         key = found.what
@@ -85,32 +111,46 @@ class Catalogue:
 
     def groups(self, concept: dict[str, Any] | None) -> list[str]:
         """Every drug group (rules/valuesets.yaml drug_groups) this medication belongs to."""
-        return [name for name, code_set in self._groups.items() if _matches(code_set, concept)]
+        codings, texts = self._read(concept)
+        return [name for name, code_set in self._groups.items()
+                if code_set.match_code(codings) or code_set.match_text(texts)]
 
     def group_label(self, group: str) -> str:
         return self._group_labels[group]
 
     def substance(self, concept: dict[str, Any] | None) -> Match | None:
-        return _first(self._substances, concept)
+        return _first(self._substances, *self._read(concept))
 
     def vaccine(self, concept: dict[str, Any] | None) -> tuple[str, str] | None:
-        """(live | non-live | ambiguous, display) for a CVX-coded or live-vaccine-named concept."""
-        codings, texts = _codings_and_texts(concept)
+        """(live | non-live | ambiguous, display) for a CVX-coded or live-vaccine-named concept;
+        ("unrecognised", why) for a CVX code the rules know under a system the service does not."""
+        codings, texts = self._read(concept)
+        cvx = self.systems["cvx"]
         for coding in codings:
-            if coding.get("system") == self.systems["cvx"]:
-                code = str(coding.get("code", "")).lstrip("0")
-                display = coding.get("display") or (texts[0] if texts else f"CVX {code}")
+            if coding.system == cvx:
+                code = coding.code.lstrip("0")
+                display = coding.display or (texts[0] if texts else f"CVX {code}")
                 if code in self._ambiguous:
                     return "ambiguous", display
                 if code in self._non_live:
                     return "non-live", display
                 return ("live" if code in self._live else "non-live"), display
         named = self._live_names.match_text(texts)
-        return ("live", named) if named else None
+        if named:
+            return "live", named
+        stray = next((c for c in codings if c.system is None and c.code.lstrip("0") in self._known_cvx), None)
+        if stray is None:
+            return None
+        return "unrecognised", (f"is coded {stray.code} under a code system the service does not recognise "
+                                f"({self.code_systems.shown(stray.sent_system)})")
+
+    def _read(self, concept: Any) -> tuple[list[Coding], list[str]]:
+        codings, texts = _codings_and_texts(concept)
+        return [Coding(self.code_systems.canonical(c.get("system")), str(c.get("code", "")).strip(),
+                       c.get("system"), c.get("display")) for c in codings], texts
 
 
-def _first(code_sets: dict[str, CodeSet], concept: dict[str, Any] | None) -> Match | None:
-    codings, texts = _codings_and_texts(concept)
+def _first(code_sets: dict[str, CodeSet], codings: list[Coding], texts: list[str]) -> Match | None:
     if not codings and not texts:
         return None
     for name, code_set in code_sets.items():
@@ -124,9 +164,12 @@ def _first(code_sets: dict[str, CodeSet], concept: dict[str, Any] | None) -> Mat
     return None
 
 
-def _matches(code_set: CodeSet, concept: dict[str, Any] | None) -> bool:
-    codings, texts = _codings_and_texts(concept)
-    return bool(code_set.match_code(codings) or code_set.match_text(texts))
+def _stray(code_sets: dict[str, CodeSet], codings: list[Coding], systems: CodeSystems) -> Match | None:
+    for name, code_set in code_sets.items():
+        stray = code_set.match_stray(codings)
+        if stray:
+            return Match(name, "code", stray.label, systems.shown(stray.sent_system))
+    return None
 
 
 def _code_set(spec: dict[str, Any], systems: dict[str, str]) -> CodeSet:
@@ -138,7 +181,8 @@ def medication_of(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -
     """The CodeableConcept naming the drug of a MedicationRequest/-Administration/-Statement.
 
     Follows `medicationReference` into contained resources ("#id") or other resources of the same
-    request (by "Medication/id" or fullUrl); an unresolvable reference yields its display, if any.
+    request (by reference in any of its forms, or by fullUrl: see `index`); an unresolvable reference
+    yields its display, if any.
     """
     concept = resource.get("medicationCodeableConcept")
     if isinstance(concept, dict):
@@ -146,17 +190,53 @@ def medication_of(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -
     reference = resource.get("medicationReference")
     if not isinstance(reference, dict):
         return None
-    ref = reference.get("reference")
-    target = None
-    if isinstance(ref, str) and ref.startswith("#"):
-        target = next((c for c in as_list(resource.get("contained"))
-                       if isinstance(c, dict) and c.get("id") == ref[1:]), None)
-    elif isinstance(ref, str):
-        target = bundle.get(ref)
-    if isinstance(target, dict) and isinstance(target.get("code"), dict):
+    target = referenced_medication(resource, bundle)
+    if target is not None and isinstance(target.get("code"), dict):
         return target["code"]
     display = reference.get("display")
     return {"text": display} if isinstance(display, str) else None
+
+
+def referenced_medication(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The Medication a `medicationReference` points to, when it is contained or among `bundle`."""
+    reference = resource.get("medicationReference")
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str):
+        return None
+    if ref.startswith("#"):
+        return next((c for c in as_list(resource.get("contained"))
+                     if isinstance(c, dict) and c.get("id") == ref[1:]), None)
+    target = bundle.get(ref) or bundle.get(references.key(ref) or "")
+    return target if isinstance(target, dict) else None
+
+
+def unresolved_reference(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> str | None:
+    """The Medication reference (as written) a resource names its drug by, when that Medication is neither
+    contained nor in `bundle`, so that it must be fetched; None otherwise."""
+    reference = resource.get("medicationReference")
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str) or ref.startswith("#") or referenced_medication(resource, bundle) is not None:
+        return None
+    return ref if reference_target(ref) else None
+
+
+def reference_target(reference: str) -> str | None:
+    """"Medication/id" for a reference to a Medication in any form; None for anything else."""
+    target = references.key(reference)
+    return target if target and target.startswith("Medication/") else None
+
+
+def index(resources: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Medications among `resources`, for `medicationReference`: by "Medication/id", and by
+    "urn:uuid:<id>" where the id is a uuid (a Bundle's internal references, as Synthea writes them)."""
+    found: dict[str, dict[str, Any]] = {}
+    for resource in resources:
+        rid = resource.get("id")
+        if resource.get("resourceType") == "Medication" and isinstance(rid, str):
+            found[f"Medication/{rid}"] = resource
+            if references.uuid_id(f"urn:uuid:{rid}"):
+                found[f"urn:uuid:{rid}"] = resource
+    return found
 
 
 def route_text(resource: dict[str, Any]) -> str:

@@ -7,51 +7,54 @@ cannot be had becomes a named gap, so the rules that needed it say so instead of
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote
 
+from . import identity, orders
 from .hooks import HookRequest
+
+log = logging.getLogger(__name__)
 
 TOKEN = re.compile(r"\{\{\s*([A-Za-z.]+)\s*\}\}")
 UNTRUSTED_SERVER = (" and was not fetched: the request's fhirServer is not a FHIR server this EHR's issuer is trusted "
                     "for, so the service does not send it the access token")
 USER_TOKENS = {"userPractitionerId": "Practitioner", "userPractitionerRoleId": "PractitionerRole",
                "userPatientId": "Patient", "userRelatedPersonId": "RelatedPerson"}
+MEDICATION_RESOURCES = ("MedicationAdministration", "MedicationStatement", "MedicationRequest")
+MAX_REFERENCED_MEDICATIONS = 50  # distinct Medications fetched by reference for one call
 
 
-def templates(valuesets: dict[str, Any], products: dict[str, Any]) -> dict[str, str]:
+def templates(valuesets: dict[str, Any]) -> dict[str, str]:
     """Prefetch templates built from rules/ data, so the queries ask for what the rules use.
 
-    Labs, problems and past doses are searched by the codes the rules know (system|code, comma-separated;
-    past doses by RxNorm and NDC, since two products have no RxNorm code yet); current medicines are
-    searched by status instead, because real orders carry product-level codes (SCD, SBD, NDC) that a
-    search by ingredient code would miss. Completed orders there also count as past doses.
+    Labs and problems are searched by the codes the rules know, comma-separated and without their system:
+    a result coded under "http://loinc.org/" or an OID is still found, and the facts then read the system
+    as it arrived (codesystems.py) and name one they do not recognise instead of never seeing it. Medication
+    history (administrations, statements of doses given elsewhere, orders) is searched by patient and
+    status, not by code: EHRs name the drug of a dose by a product-level code (SCD, SBD, NDC) or only
+    through `medicationReference`, which a code search never finds. `_include` brings the referenced
+    Medications in the same answer; completed orders also count as past doses.
     """
-    systems = valuesets["systems"]
-    loinc = _codes(systems["loinc"], (c for a in valuesets["analytes"].values() for c in a["loinc"]))
-    conditions = _codes(None, (f"{systems[s]}|{c}" for group in valuesets["conditions"].values()
-                               for s in ("snomed", "icd10cm") for c in group.get(s, ())))
-    rxnorm = [c for p in products.values() for c in p["rxnorm"]]
-    rxnorm += [c for g in ("cladribine", "alemtuzumab") for c in valuesets["drug_groups"][g]["rxnorm"]]
-    history = _codes(None, [f"{systems['rxnorm']}|{c}" for c in rxnorm]
-                     + [f"{systems['ndc']}|{c}" for p in products.values() for c in p["ndc"]])
+    loinc = ",".join(c for a in valuesets["analytes"].values() for c in a["loinc"])
+    conditions = ",".join(c for group in valuesets["conditions"].values() for s in ("snomed", "icd10cm")
+                          for c in group.get(s, ()))
     patient = "{{context.patientId}}"
     return {
         "patient": f"Patient/{patient}",
         "labs": f"Observation?patient={patient}&code={loinc}&_sort=-date&_count=200",
         "conditions": f"Condition?patient={patient}&code={conditions}",
-        "administrations": f"MedicationAdministration?patient={patient}&code={history}"
+        "administrations": f"MedicationAdministration?patient={patient}&_include=MedicationAdministration:medication"
                            "&_sort=-effective-time&_count=100",
-        "medications": f"MedicationRequest?patient={patient}&status=active,completed&_count=200",
+        "statements": f"MedicationStatement?patient={patient}&_include=MedicationStatement:medication"
+                      "&_sort=-effective&_count=100",
+        "medications": f"MedicationRequest?patient={patient}&status=active,completed"
+                       "&_include=MedicationRequest:medication&_count=200",
         "allergies": f"AllergyIntolerance?patient={patient}",
         "immunizations": f"Immunization?patient={patient}&_sort=-date&_count=100",
     }
-
-
-def _codes(system: str | None, codes: Any) -> str:
-    return ",".join(f"{system}|{c}" if system else c for c in codes)
 
 
 class FetchFailed(Exception):
@@ -88,11 +91,20 @@ class Fetcher(Protocol):
 
 @dataclass
 class PatientRecord:
+    patient_id: str
     resources: list[dict[str, Any]] = field(default_factory=list)
     gaps: dict[str, str] = field(default_factory=dict)  # prefetch key -> why its data is missing
     had_data: bool = False  # at least one key arrived or was fetched (even if empty)
     asked_server: bool = False  # fhirServer was queried: its failures are gaps, not a reason for 412
     fetch_refused: bool = False  # fhirServer is not trusted for the caller: gaps saying so, not a 412
+    ignored: int = 0  # resources of another patient, left out (identity.py)
+    unfetched: dict[str, str] = field(default_factory=dict)  # "Medication/id" -> why it could not be had
+
+    def add(self, resources: list[dict[str, Any]]) -> None:
+        """This patient's resources join the record; another patient's are only counted."""
+        own, ignored = identity.split(resources, self.patient_id)
+        self.resources += own
+        self.ignored += ignored
 
 
 class NoPatientData(Exception):
@@ -104,14 +116,14 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
     """The patient's record from prefetch, fetching what is missing; `fhir_server_allowed` says which FHIR
     servers the caller may have the service fetch from (it sends them the EHR's access token). Only a
     fetch is refused: a complete prefetch is used whatever fhirServer names."""
-    record = PatientRecord()
+    record = PatientRecord(request.context["patientId"])
     wanted: dict[str, str] = {}
     for key, template in declared.items():
         value = request.prefetch.get(key, _ABSENT) if request.prefetch is not None else _ABSENT
         problem = _problem(value)
         if problem is None:
             record.had_data = True
-            record.resources += resources_in(value)
+            record.add(resources_in(value))
         else:
             query = render(template, request)
             if query is None:
@@ -123,6 +135,9 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
         _fetch(request, wanted, fetcher, record, fhir_server_allowed)
     if not record.had_data and not record.asked_server and not record.fetch_refused:
         raise NoPatientData("no prefetch data and no FHIR server access to fetch it")
+    _fetch_medications(request, fetcher, record, fhir_server_allowed)
+    if record.ignored:
+        log.warning("resources naming another patient were ignored", extra={"fields": {"ignored": record.ignored}})
     return record
 
 
@@ -147,7 +162,7 @@ def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None
     for key, outcome in outcomes.items():
         if isinstance(outcome, FetchFailed):
             record.gaps[key] = str(outcome)
-            record.resources += resources_in(outcome.partial)
+            record.add(resources_in(outcome.partial))
             continue
         problem = _problem(outcome)
         if problem:
@@ -155,7 +170,58 @@ def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None
             continue
         del record.gaps[key]
         record.had_data = True
-        record.resources += resources_in(outcome)
+        record.add(resources_in(outcome))
+
+
+def _fetch_medications(request: HookRequest, fetcher: Fetcher | None, record: PatientRecord,
+                       fhir_server_allowed: Callable[[str], bool] | None) -> None:
+    """Fetch the Medications that medication records name by reference but that are neither contained nor
+    in the record (an EHR that did not `_include` them): a dose known only by reference is still a dose.
+
+    One search (`Medication?_id=...`) through the same fetcher, so the same deadline, paging and same-base
+    rules hold. Only references to `fhirServer` itself are asked for (relative, or absolute under its
+    base): the access token goes nowhere else, and another server's "Medication/1" is not this one's.
+    What cannot be had is remembered with the reason, for the card."""
+    bundle = orders.index(record.resources)
+    refs = dict.fromkeys(ref for r in record.resources if r.get("resourceType") in MEDICATION_RESOURCES
+                         for ref in [orders.unresolved_reference(r, bundle)] if ref)
+    base = (request.fhirServer or "").rstrip("/")
+    local = {ref: orders.reference_target(ref) for ref in refs if "://" not in ref or (base and ref.startswith(base + "/"))}
+    record.unfetched.update({ref: "it names another server, which the service does not contact"
+                             for ref in refs if ref not in local})
+    wanted = dict.fromkeys(local.values())
+    if len(wanted) > MAX_REFERENCED_MEDICATIONS:
+        record.unfetched.update(dict.fromkeys(local, f"more than {MAX_REFERENCED_MEDICATIONS} medicines were "
+                                                     "named by reference"))
+        return
+    if not wanted:
+        return
+    found, reason = _fetched_medications(request, fetcher, fhir_server_allowed, [target.split("/", 1)[1] for target in wanted])
+    for ref, target in local.items():
+        if target in found:
+            record.resources.append(found[target])
+        else:
+            record.unfetched[ref] = reason
+
+
+def _fetched_medications(request: HookRequest, fetcher: Fetcher | None,
+                         fhir_server_allowed: Callable[[str], bool] | None, ids: list[str]
+                         ) -> tuple[dict[str, dict[str, Any]], str]:
+    """The Medications with these ids from fhirServer, by "Medication/id", and why any other is missing."""
+    if fetcher is None or not request.fhirServer:
+        return {}, "the service has no FHIR server to fetch it from"
+    if fhir_server_allowed is not None and not fhir_server_allowed(request.fhirServer):
+        return {}, "it is on a FHIR server this EHR's issuer is not trusted for, so it was not asked for"
+    try:
+        outcome: Any = fetcher.fetch(request, {"medications-referenced": "Medication?_id=" + ",".join(ids)})
+    except (NoFhirAccess, AccessRefused) as e:
+        return {}, str(e)
+    outcome = outcome["medications-referenced"]
+    reason = "it was not found on the FHIR server"
+    if isinstance(outcome, FetchFailed):
+        reason, outcome = str(outcome), outcome.partial
+    found = orders.index(resources_in(outcome))
+    return {key: resource for key, resource in found.items() if key.startswith("Medication/")}, reason
 
 
 _ABSENT = object()

@@ -1,9 +1,10 @@
 """The clinical content in rules/, loaded and checked as a whole before the service uses any of it.
 
 Rules are written in a small pattern language (see the head of rules/rules.yaml) and compiled here into
-durable-rules JSON, so that clinicians review YAML and the engine still gets its native form. A site's
-overrides (CDS_RULES_OVERRIDES) change thresholds, product regimens and rule indicators, or disable
-rules; every key they name must exist, so a typo stops start-up instead of silently changing nothing.
+durable-rules JSON, so that clinicians review YAML and the engine still gets its native form. Families
+(rules about one clinical problem, which give one card) are data there too. A site's overrides
+(CDS_RULES_OVERRIDES) change thresholds, product regimens and rule indicators, or disable rules; every
+key they name must exist, so a typo stops start-up instead of silently changing nothing.
 """
 from __future__ import annotations
 
@@ -43,10 +44,14 @@ class Rule:
     variants: tuple[Variant, ...]
     about: tuple[str, ...]
     hooks: tuple[str, ...] = ()
-    suppresses: tuple[str, ...] = ()
     orderables: tuple[dict[str, str], ...] = ()
     summary_many: str | None = None
     section: str = ""  # which part of the source, e.g. "§2.1, §4"
+    sections: dict[str, str] = field(default_factory=dict, compare=False)  # per label source, for `product`
+
+    def section_in(self, source: str) -> str:
+        """Which part of `source` (a label, for a `product` rule) this rule rests on."""
+        return self.sections.get(source, self.section)
 
 
 @dataclass
@@ -58,10 +63,19 @@ class Rulebook:
     sources: dict[str, dict[str, str]]
     rules: dict[str, Rule]
     ruleset: dict[str, Any] = field(repr=False)  # durable-rules JSON definition
+    families: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> rule ids, first wins a tie
 
     @cached_property
     def variants(self) -> dict[str, Variant]:
         return {v.name: v for rule in self.rules.values() for v in rule.variants}
+
+    @cached_property
+    def family_of(self) -> dict[str, tuple[str, ...]]:
+        """Each rule's family (the rule alone when it has none), in the order that breaks ties."""
+        found = {rule_id: (rule_id,) for rule_id in self.rules}
+        for members in self.families.values():
+            found.update(dict.fromkeys(members, members))
+        return found
 
 
 def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebook:
@@ -98,7 +112,9 @@ def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebo
         for n, variant in enumerate(raw["variants"]):
             ruleset[f"{rule.id}#{n}"] = {"all": _conditions(rule, variant, thresholds), "run": f"{rule.id}#{n}"}
     _check_products(products, sources)
-    return Rulebook(thresholds, _read(rules_dir / "units.yaml"), valuesets, products, sources, rules, ruleset)
+    families = _families(data.get("families", {}), known, rules)
+    return Rulebook(thresholds, _read(rules_dir / "units.yaml"), valuesets, products, sources, rules, ruleset,
+                    families)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -165,11 +181,39 @@ def threshold(thresholds: dict[str, Any], ref: Any) -> Any:
     return value
 
 
+def _families(raw: Any, known: set[str], rules: dict[str, Rule]) -> dict[str, tuple[str, ...]]:
+    """Families as written, each rule in one family at most; rules a site disabled drop out."""
+    if not isinstance(raw, dict):
+        raise RulebookError("families: expected a mapping of family name to rule ids")
+    seen: dict[str, str] = {}
+    families = {}
+    for name, members in raw.items():
+        for rule_id in members if isinstance(members, list) else [members]:
+            if rule_id not in known:
+                raise RulebookError(f"families.{name}: no such rule {rule_id!r}")
+            if rule_id in seen:
+                raise RulebookError(f"families.{name}: {rule_id} is already in family {seen[rule_id]}")
+            seen[rule_id] = name
+        families[name] = tuple(r for r in members if r in rules)
+    return families
+
+
+def _sections(raw: Any, rule_id: str, sources: dict) -> tuple[str, dict[str, str]]:
+    """A rule's section: one text, or one per label source (and an optional `default`)."""
+    if not isinstance(raw, dict):
+        return str(raw or ""), {}
+    unknown = [key for key in raw if key != "default" and key not in sources]
+    if unknown:
+        raise RulebookError(f"rules.{rule_id}.section: {unknown[0]!r} is not a source")
+    return str(raw.get("default", "")), {key: str(text) for key, text in raw.items() if key != "default"}
+
+
 def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, thresholds: dict,
           valuesets: dict) -> Rule:
     rule_id = raw["id"]
     if raw["source"] != "product" and raw["source"] not in sources:
         raise RulebookError(f"{rule_id} cites unknown source {raw['source']}")
+    section, sections = _sections(raw.get("section", ""), rule_id, sources)
     about = tuple(_as_list(raw.get("about", "anti-cd20")))
     if not set(about) <= set(ABOUT):
         raise RulebookError(f"{rule_id}: about must be among {ABOUT}")
@@ -183,9 +227,9 @@ def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, th
         variants.append(Variant(f"{rule_id}#{n}", rule_id, indicator, v["summary"], patterns))
     return Rule(
         id=rule_id, source=raw["source"], detail=raw.get("detail", "").strip(), variants=tuple(variants),
-        about=about, hooks=tuple(raw.get("hooks", ())), suppresses=tuple(raw.get("suppresses", ())),
+        about=about, hooks=tuple(raw.get("hooks", ())),
         orderables=tuple(valuesets["orderables"][raw["orders"]]) if "orders" in raw else (),
-        summary_many=raw.get("summary_many"), section=raw.get("section", ""),
+        summary_many=raw.get("summary_many"), section=section, sections=sections,
     )
 
 

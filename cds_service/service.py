@@ -10,7 +10,8 @@ from typing import Any, Callable
 from . import cards, hooks, observability, prefetch, rulebook
 from .anchors import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
 from .engine import Engine, Finding
-from .facts import FactBuilder
+from .facts import FactBuilder, foreign_fact, record_gap, unknown_system
+from .orders import index
 from .rulebook import Rulebook
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Ruleset:
     @classmethod
     def build(cls, book: Rulebook) -> "Ruleset":
         facts = FactBuilder(book)
-        templates = prefetch.templates(book.valuesets, book.products)
+        templates = prefetch.templates(book.valuesets)
         return cls(book, Engine(book), facts, Anchors(facts.catalogue, book.thresholds), hooks.services(templates))
 
 
@@ -119,15 +120,15 @@ class CdsService:
                   record: prefetch.PatientRecord) -> list[Finding]:
         now = self.clock()
         drafts = orders.drafts if orders else []
-        bundle = {**_index_resources(record.resources), **(orders.bundle if orders else {})}
+        bundle = {**index(record.resources), **(orders.bundle if orders else {})}
         exclude = {f"{r.get('resourceType')}/{r.get('id')}" for r in drafts}
-        doses = rules.anchors.doses(record.resources, bundle, exclude)
-        facts = _record_facts(rules, record, orders, doses, bundle, now)
+        doses, dose_problems = rules.anchors.doses(record.resources, bundle, exclude, record.unfetched, now)
+        facts = _record_facts(rules, record, orders, doses, bundle, now) + dose_problems
         if orders is None:
             anchor = rules.anchors.therapy(doses, request.hook, now)
             return rules.engine.evaluate(anchor, facts) if anchor else []
         reactions = [f for f in facts if f["kind"] == "reaction"]
-        history_known = "administrations" not in record.gaps
+        history_known = not {"administrations", "statements"} & set(record.gaps)
         findings: list[Finding] = []
         for drug in orders.drugs:
             anchor = rules.anchors.order(drug, request.hook, doses, drafts, bundle, reactions, history_known, now)
@@ -167,22 +168,26 @@ def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders
     """Everything the rules may match besides their anchor: the record, past therapy, pending orders."""
     drafts = orders.drafts if orders else []
     facts = rules.facts.record(record.resources + drafts, record.gaps, now)
-    facts += prior_depletion(record.resources, rules.facts.catalogue, bundle, now)
+    facts += prior_depletion(record.resources, rules.facts.catalogue, bundle, now, rules.facts.skew)
     therapy = therapy_fact(doses, now)
     if therapy:
         facts.append(therapy)
+    if record.ignored:
+        facts.append(foreign_fact(record.ignored))
     for drug in orders.drugs if orders else ():
-        facts.append({"kind": "pending_order", "short": drug.product.data["short"]})
+        facts.append({"kind": "pending_order", "short": drug.product.data["short"], "product": drug.product.key,
+                      "reference": drug.reference})
+        if drug.match.unknown_system:
+            facts.append(record_gap("order-code", f"the {drug.product.data['short']} order",
+                                    unknown_system(drug.match.text, drug.match.unknown_system)
+                                    + f": it was taken to be {drug.product.data['short']} by that code alone",
+                                    "is coded under an unknown code system"))
     return facts
 
 
 def _selected(resource: dict[str, Any], selections: set[str]) -> bool:
     """Named by a selection: "MedicationRequest/1" as the spec says, or a bare "1" as some clients send."""
     return f"{resource.get('resourceType')}/{resource.get('id')}" in selections or resource.get("id") in selections
-
-
-def _index_resources(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
 
 
 def _check_size(request: hooks.HookRequest, limit: int) -> None:
@@ -204,8 +209,8 @@ def _size(value: Any) -> int:
 
 def _index(bundle: Any, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Resources of the draftOrders Bundle by "Type/id" and by fullUrl, to resolve medicationReference."""
-    index = _index_resources(resources)
+    found = index(resources)
     for entry in (bundle.get("entry") or ()) if isinstance(bundle, dict) else ():
         if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str) and isinstance(entry.get("resource"), dict):
-            index[entry["fullUrl"]] = entry["resource"]
-    return index
+            found[entry["fullUrl"]] = entry["resource"]
+    return found

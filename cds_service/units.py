@@ -25,14 +25,17 @@ class Units:
                    {normalise(u): _affine(f) for u, f in family["factors"].items()})
             for name, family in table.items()
         }
+        self._spellings = {name: {normalise(family["canonical"]), normalise(family.get("display", ""))}
+                           for name, family in table.items()}
 
     def canonical(self, family: str) -> str:
         """The canonical unit as clinicians read it (e.g. "×10⁹/L" for UCUM's 10*9/L)."""
         return self._families[family][0]
 
-    def is_canonical(self, family: str, unit: str | None) -> bool:
-        """True when a value in `unit` needs no conversion (e.g. "K/uL" for cell counts)."""
-        return bool(unit) and self._families[family][1].get(normalise(unit)) == (1.0, 0.0)
+    def written_canonically(self, family: str, unit: str | None) -> bool:
+        """True when `unit` is the canonical unit as written ("U/L", not "IU/L"; "10*9/L", not "K/uL"):
+        otherwise a card shows the value as reported next to the canonical one, even at factor 1."""
+        return bool(unit) and normalise(unit) in self._spellings[family]
 
     def to_canonical(self, family: str, value: float, unit: str | None) -> float:
         """`value` in `unit`, expressed in the family's canonical unit; UnknownUnit if not listed."""

@@ -125,7 +125,7 @@ def request(*, hook: str = "order-sign", keys: Iterable[str], orders: Iterable[d
             selections: Iterable[str] | None = None, labs: Iterable[dict[str, Any]] = (),
             conditions: Iterable[dict[str, Any]] = (), doses: Iterable[dict[str, Any]] = (),
             medications: Iterable[dict[str, Any]] = (), allergies: Iterable[dict[str, Any]] = (),
-            immunizations: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+            immunizations: Iterable[dict[str, Any]] = (), statements: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
     """A complete hook request; order-select selects every order unless `selections` says which."""
     orders = list(orders)
     context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": fb.PATIENT_ID}
@@ -135,7 +135,8 @@ def request(*, hook: str = "order-sign", keys: Iterable[str], orders: Iterable[d
         context["selections"] = list(selections) if selections is not None else [
             f"{o['resourceType']}/{o['id']}" for o in orders]
     given_data = {"patient": fb.patient("female"), "labs": fb.bundle(labs), "conditions": fb.bundle(conditions),
-                  "administrations": fb.bundle(doses), "medications": fb.bundle(medications),
+                  "administrations": fb.bundle(doses), "statements": fb.bundle(statements),
+                  "medications": fb.bundle(medications),
                   "allergies": fb.bundle(allergies), "immunizations": fb.bundle(immunizations)}
     prefetch = {key: given_data.get(key, fb.bundle([])) for key in keys}
     return {"hook": hook, "hookInstance": f"hook-{next(_ids)}", "context": context, "prefetch": prefetch}

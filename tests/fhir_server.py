@@ -30,8 +30,8 @@ EXAMPLES = ROOT / "fhir_examples"
 SYNTHEA = ROOT.parent / "shared" / "fhir-corpus" / "fhir" / "synthea" / "smart-generated-sample-data"
 SYNTHEA_BUNDLES = ["Thanh_Considine_b7a86b8b-bbf8-4107-96e6-76a948fba0e8.json",
                    "Jordan_Cruickshank_5de38439-d320-46d3-854d-3c098e88de4c.json"]
-SEEDED_TYPES = {"Patient", "Observation", "Condition", "MedicationAdministration", "MedicationRequest",
-                "AllergyIntolerance", "Immunization"}  # what the service's prefetch templates ask for
+SEEDED_TYPES = {"Patient", "Observation", "Condition", "MedicationAdministration", "MedicationStatement",
+                "MedicationRequest", "Medication", "AllergyIntolerance", "Immunization"}  # what the templates ask for
 START_TIMEOUT = 60
 
 

@@ -202,11 +202,21 @@ def _whole(bundle: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
 
 
 def _ask(client, prefetch: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The record's cards for an order for its own patient (context.patientId is the record's Patient id)."""
     request = fb.hook_request()
     request["prefetch"] = prefetch
+    request["context"]["patientId"] = _patient_id(prefetch)
     response = client.post("/cds-services/cd20-order-sign", json=request)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     return fb.cards_by_rule(response.get_json())
+
+
+def _patient_id(prefetch: dict[str, Any]) -> str:
+    """The record's Patient id, or the patient its resources name (HL7's bundles carry no Patient)."""
+    resources = [r for value in prefetch.values() if isinstance(value, dict)
+                 for r in ([e["resource"] for e in value.get("entry", [])] if value["resourceType"] == "Bundle" else [value])]
+    named = [r["subject"]["reference"].split("/")[-1] for r in resources if "reference" in r.get("subject", {})]
+    return next((r["id"] for r in resources if r["resourceType"] == "Patient"), named[0])
 
 
 def _recent(resources: list[dict[str, Any]], days_ago: int = 10) -> list[dict[str, Any]]:

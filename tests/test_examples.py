@@ -2,8 +2,9 @@
 
 expected.json maps each file to the rule ids that must give a card (with their indicator) and those that
 must not; `no_cards` where no card at all is the point, `status` where the answer is not a 200,
-`product` / `recognised_by` where the example is about recognising the ordered product, and `xfail` (the
-reason) where the service departs from the clinical rule table and the example keeps the clinical answer.
+`product` / `recognised_by` where the example is about recognising the ordered product, `source` where it is
+about which label the cards cite, and `xfail` (the reason) where the service departs from the clinical
+rule table and the example keeps the clinical answer.
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def test_example_gives_the_expected_cards(name: str, client, service_for_hook) -
         assert cards == [], shown
     if "product" in expected:
         _assert_product(expected, [by_rule[rule] for rule in expected["present"]])
+    for rule in expected["present"] if "source" in expected else ():
+        assert by_rule[rule]["source"]["label"].startswith(expected["source"]), by_rule[rule]["source"]
 
 
 def _assert_product(expected: dict[str, Any], cards: list[dict[str, Any]]) -> None:

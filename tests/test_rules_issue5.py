@@ -68,8 +68,15 @@ def hbv_dna(days_ago: int) -> dict:
 ])
 def test_hbv_dna_is_due_every_90_days_for_anti_hbc_positive_patients_without_prophylaxis(ask, hook, labs,
                                                                                          medications, expected):
+    """On an order, the monitoring advice is part of the one hepatitis B card (hbv-resolved-infection here,
+    issue 12: one clinical problem, one card), with the HBV DNA order it suggests; never a card of its own."""
     cards = ask(hook=hook, orders=ocrevus(), labs=labs, medications=medications, doses=maintenance())
-    assert indicator(cards, "hbv-dna-monitoring") == expected
+    assert "hbv-dna-monitoring" not in cards
+    hbv = cards.get("hbv-resolved-infection", {"detail": "", "suggestions": []})
+    said = "no HBV DNA in 90 days: check HBV DNA for Ocrevus" in hbv["detail"]
+    assert said is (expected == "warning")
+    ordered = {a["resource"]["code"]["coding"][0]["code"] for s in hbv.get("suggestions", []) for a in s["actions"]}
+    assert (HBV_DNA_IU in ordered) is (expected == "warning")
 
 
 def test_hbv_dna_monitoring_is_not_asked_for_before_a_first_dose(ask):

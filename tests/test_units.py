@@ -127,11 +127,12 @@ def test_default_upper_limits_follow_patient_gender(ask, gender, code, value, el
     (IGG, 300, None, "igg-low"),
 ])
 def test_an_unknown_unit_is_never_compared(ask, code, value, unit, silenced):
-    """Read with a factor of 1, each of these values would raise the rule; it must not."""
+    """Read with a factor of 1, each of these values would raise the rule; it must not. The card names the
+    unit, or says the result has none."""
     cards = ask(labs=[fb.lab(code, value, unit)])
     assert silenced not in cards
     assert cards["data-unavailable"]["indicator"] == "warning"
-    assert (unit or "none") in cards["data-unavailable"]["summary"] + cards["data-unavailable"]["detail"]
+    assert (unit or "has no unit") in cards["data-unavailable"]["summary"] + cards["data-unavailable"]["detail"]
 
 
 def test_an_enzyme_in_an_unknown_unit_cannot_complete_a_liver_injury_pair(ask):
