@@ -355,6 +355,33 @@ def test_a_fetch_from_a_fhir_server_not_on_the_issuers_list_is_refused_on_a_card
         assert other.hits == []
 
 
+def test_a_medication_named_only_by_reference_is_not_fetched_from_an_untrusted_fhir_server(book, tmp_path):
+    """Every key prefetched, but a past dose names its drug only as "Medication/ocr-1": reading it would
+    send the EHR's token to fhirServer, so on a server the issuer is not trusted for it is not read, and
+    the card says why the dose history is incomplete."""
+    ehr = SigningEhr()
+    request = example_request()
+    patient = request["prefetch"]["patient"]["id"]
+    dose = {"resourceType": "MedicationAdministration", "id": "past-dose", "status": "completed",
+            "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": "2026-06-01",
+            "medicationReference": {"reference": "Medication/ocr-1"}}
+    request["prefetch"]["administrations"] = {"resourceType": "Bundle", "type": "searchset",
+                                              "entry": [{"resource": dose}]}
+    with RecordingServer(default={"resourceType": "Bundle", "type": "searchset", "entry": []}) as other:
+        (tmp_path / "keys.json").write_text(json.dumps(ehr.jwks))
+        issuers = _issuers_with(tmp_path, ehr, jwks_file="keys.json", fhir_servers=["https://ehr.example.test/fhir"])
+        service = CdsService(book, fetcher=FhirFetcher(), clock=lambda: NOW)
+        client = create_app(service, Settings(), verifier=verifier(issuers)).test_client()
+        body = {**request, "fhirServer": other.url + "/fhir",
+                "fhirAuthorization": {"access_token": "secret-ehr-token", "token_type": "Bearer"}}
+        response = client.post(SIGN, json=body, headers=ehr.header(SIGN))
+        assert response.status_code == 200
+        assert other.hits == []
+    refused = [c for c in response.get_json()["cards"] if c["source"]["topic"]["code"] == "data-unavailable"]
+    assert len(refused) == 1
+    assert "issuer is not trusted for" in refused[0]["detail"]
+
+
 def test_a_complete_prefetch_is_answered_whatever_fhir_server_names(app_client, ehr):
     """Nothing to fetch, so nothing is sent anywhere: the cards are those of the trusted server's call."""
     request = example_request("hbv-active--hbsag-positive.json")

@@ -250,7 +250,7 @@ ORDERS = [
       ("info", PREMEDICATION.format(drug="Ocrevus")), ("info", DOSE_IN_PILLS)]),
     ("example-clean-1", "rx-sign", "ocrelizumab",
      [("info", PREMEDICATION.format(drug="Ocrevus")), ("info", DOSE_IN_PILLS)]),
-    ("example-neutro-2", "rx-view", "rituximab", [("critical", "Severe neutropenia: ANC 0.42 ×10⁹/L")]),
+    ("example-neutro-2", "rx-view", "rituximab", [("critical", "Neutropenia, CTCAE grade 4: ANC 0.42 ×10⁹/L")]),
     ("example-igg-1", "rx-sign", "rituximab",
      [("warning", "Low IgG: 520 mg/dL (reported as 5.2 g/L)"), ("info", PREMEDICATION.format(drug="rituximab"))]),
 ]
