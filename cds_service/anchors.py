@@ -2,6 +2,7 @@
 patient-view — the anti-CD20 therapy on record. Product differences come from rules/products.yaml."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
@@ -60,7 +61,12 @@ class Anchors:
                 found.append(Dose(matched[0], when))
         return sorted(found, key=lambda d: d.when, reverse=True)
 
-    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], drafts: list[dict[str, Any]],
+    def draft_groups(self, drafts: list[dict[str, Any]], bundle: dict[str, dict[str, Any]]) -> Counter[str]:
+        """How many of the draft orders fall in each drug group, counted once per call: each anti-CD20
+        order's premedication check then costs the same however many orders come with it."""
+        return Counter(group for r in drafts for group in self.catalogue.groups(medication_of(r, bundle)))
+
+    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], draft_groups: Counter[str],
               bundle: dict[str, dict[str, Any]], reactions: list[dict[str, Any]], history_known: bool,
               now: datetime) -> dict[str, Any]:
         """The anchor for an anti-CD20 order: product data, phase, dose, interval, premedication."""
@@ -77,7 +83,7 @@ class Anchors:
         fact.update(_dose_check(drug.resource, product, len(same)))
         if same:
             fact.update(_interval_check(product, len(same), fact["days_since_last_dose"]))
-        fact.update(self._premedication(product, drug, drafts, bundle))
+        fact.update(self._premedication(product, drug, draft_groups, bundle))
         fact.update(_reaction(product, reactions))
         return fact
 
@@ -116,13 +122,12 @@ class Anchors:
                 "immunoglobulins_before_start": bool(data.get("immunoglobulins_before_start")),
                 "premedication_text": data.get("premedication_text", "")}
 
-    def _premedication(self, product: Product, drug: OrderedDrug, drafts: list[dict[str, Any]],
+    def _premedication(self, product: Product, drug: OrderedDrug, draft_groups: Counter[str],
                        bundle: dict[str, dict[str, Any]]) -> dict[str, Any]:
         """Which of the product's premedication groups has no order among the other draft orders."""
         needed = product.data.get("premedication") or []
-        present = {group for r in drafts if r is not drug.resource
-                   for group in self.catalogue.groups(medication_of(r, bundle))}
-        missing = [g for g in needed if g not in present]
+        own = set(self.catalogue.groups(medication_of(drug.resource, bundle))) if needed else set()
+        missing = [g for g in needed if draft_groups[g] - (g in own) <= 0]
         return {"premedication_missing": bool(missing),
                 "premedication_missing_text": " and ".join(self.catalogue.group_label(g) for g in missing)}
 

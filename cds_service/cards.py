@@ -5,6 +5,7 @@ import logging
 import uuid
 from typing import Any
 
+from . import deadline
 from .engine import Finding
 from .rulebook import INDICATOR_RANK, Rule, Rulebook
 
@@ -38,6 +39,7 @@ def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patie
 
 def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: Names, hook_instance: str,
           patient_id: str) -> dict[str, Any]:
+    deadline.check()
     variants = rulebook.variants
     top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
     chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),

@@ -16,6 +16,7 @@ from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
+from . import deadline
 from .labs import LabReader, LabResult, Unreadable, as_datetime
 from .orders import Catalogue, as_list, medication_of
 from .rulebook import Rulebook
@@ -86,6 +87,7 @@ class FactBuilder:
             wanted = EVERY_RESULT_CAP if days else 1
             usable: list[LabResult] = []
             for resource in sorted(resources, key=_stated_time, reverse=True):
+                deadline.check()  # validating a result is most of a call's cost: a long record is stopped here
                 if usable and days and (now - _stated_time(resource)).days > days:
                     break
                 reading = self._labs.read(resource, analyte)
@@ -147,6 +149,7 @@ class FactBuilder:
             group = self._condition_group(resource)
             if group is None:
                 continue
+            deadline.check()
             try:
                 condition = Condition.model_validate(resource)
             except (ValidationError, RecursionError):

@@ -28,6 +28,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from . import deadline
 from .hooks import HookRequest
 from .prefetch import AccessRefused, FetchFailed, NoFhirAccess
 
@@ -97,8 +98,9 @@ class FhirFetcher:
         if not queries:
             return {}
         started = time.monotonic()
+        left = deadline.remaining()  # the hook call's own deadline, when it comes first
         call = _Call(self.session, self.settings, _base(request.fhirServer), _auth(request, self.settings),
-                     started + self.settings.deadline_seconds)
+                     started + min(self.settings.deadline_seconds, math.inf if left is None else left))
         pool = ThreadPoolExecutor(min(len(queries), self.settings.parallel), thread_name_prefix="fhir-fetch")
         try:
             futures = {key: pool.submit(call.run, query) for key, query in queries.items()}

@@ -96,7 +96,11 @@ class NoPatientData(Exception):
     """Nothing was prefetched and nothing could be fetched: CDS Hooks says 412."""
 
 
-def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher | None) -> PatientRecord:
+def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher | None,
+           room: int | None = None) -> PatientRecord:
+    """The patient's record from the prefetch, and from fhirServer for what is missing. `room` is how many
+    more resources the service reads than the request already carries: a fetched answer past it is not
+    read but becomes a gap, as the request itself would have been refused."""
     record = PatientRecord()
     wanted: dict[str, str] = {}
     for key, template in declared.items():
@@ -113,13 +117,14 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
                 wanted[key] = query
                 record.gaps[key] = problem
     if wanted:
-        _fetch(request, wanted, fetcher, record)
+        _fetch(request, wanted, fetcher, record, room)
     if not record.had_data and not record.asked_server:
         raise NoPatientData("no prefetch data and no FHIR server access to fetch it")
     return record
 
 
-def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None, record: PatientRecord) -> None:
+def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None, record: PatientRecord,
+           room: int | None) -> None:
     if fetcher is None or not request.fhirServer:
         for key in wanted:
             record.gaps[key] += " and the service has no FHIR server to fetch it from"
@@ -132,6 +137,13 @@ def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None
         return
     record.asked_server = True
     for key, outcome in outcomes.items():
+        if room is not None:
+            count = resource_count(outcome.partial if isinstance(outcome, FetchFailed) else outcome)
+            if count > room:
+                record.gaps[key] = f"could not be used: the FHIR server's answer held more resources ({count}) " \
+                                   "than the service reads in one call"
+                continue
+            room -= count
         if isinstance(outcome, FetchFailed):
             record.gaps[key] = str(outcome)
             record.resources += resources_in(outcome.partial)
@@ -173,6 +185,29 @@ def _only_errors(bundle: dict[str, Any]) -> bool:
         isinstance(r, dict) and r.get("resourceType") == "OperationOutcome"
         and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in r.get("issue") or ())
         for r in entries)
+
+
+def resource_count(value: Any) -> int:
+    """How many resources a prefetch value holds, counted without reading them: every entry of a Bundle
+    and of every Bundle inside it at any depth, every contained resource, wrappers ({"resource": ...})
+    looked through. The outer Bundle is a search result or a list of orders, not a resource the rules read."""
+    while isinstance(value, dict) and "resourceType" not in value and isinstance(value.get("resource"), dict):
+        value = value["resource"]
+    count = -1 if isinstance(value, dict) and value.get("resourceType") == "Bundle" else 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, dict):
+            continue
+        if "resourceType" not in item and isinstance(item.get("resource"), dict):
+            pending.append(item["resource"])
+            continue
+        count += 1
+        for part in ("entry", "contained"):
+            children = item.get(part)
+            if isinstance(children, list):
+                pending += children
+    return count
 
 
 def resources_in(value: Any) -> list[dict[str, Any]]:

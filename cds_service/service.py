@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import cards, hooks, observability, prefetch, rulebook
+from . import cards, deadline, hooks, observability, prefetch, rulebook
 from .anchors import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
 from .engine import Engine, Finding
 from .facts import FactBuilder
@@ -60,10 +60,12 @@ class Orders:
 
 class CdsService:
     def __init__(self, book: Rulebook, fetcher: prefetch.Fetcher | None = None, clock: Clock = utc_now,
-                 max_resources: int = 5000) -> None:
+                 max_resources: int = 5000, max_draft_orders: int = 50, budget_seconds: float | None = None) -> None:
         self.fetcher = fetcher
         self.clock = clock
         self.max_resources = max_resources
+        self.max_draft_orders = max_draft_orders
+        self.budget_seconds = budget_seconds  # a call's deadline (deadline.py); None: none
         self._ruleset = Ruleset.build(book)
         self._reload_lock = threading.Lock()
 
@@ -92,11 +94,16 @@ class CdsService:
 
     def call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None = None
              ) -> dict[str, Any]:
-        """The response body for a hook call; raises InvalidRequest, UnknownService or PreconditionFailed.
+        """The response body for a hook call; raises InvalidRequest, UnknownService, PreconditionFailed or
+        deadline.DeadlineExceeded (the call ran past its budget).
 
         `fhir_server_allowed` says which FHIR servers the authenticated caller may name: the EHR's access
         token is sent to fhirServer, so a caller must not be able to point it anywhere the service reaches.
         """
+        with deadline.budget(self.budget_seconds):
+            return self._call(service_id, body, fhir_server_allowed)
+
+    def _call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None) -> dict[str, Any]:
         rules = self._ruleset  # one consistent set for the whole call, even if a reload happens meanwhile
         service = rules.services.get(service_id)
         if service is None:
@@ -104,14 +111,15 @@ class CdsService:
         request = hooks.parse(body, service)
         if request.fhirServer and fhir_server_allowed and not fhir_server_allowed(request.fhirServer):
             raise PreconditionFailed("fhirServer is not a FHIR server this caller's issuer is trusted to name")
-        _check_size(request, self.max_resources)
+        carried = _check_size(request, self.max_resources, self.max_draft_orders)
         orders = self._orders(rules, request) if request.hook != "patient-view" else None
         if orders is not None and not orders.drugs and not orders.vaccines:
             return {"cards": []}
         try:
-            record = prefetch.gather(request, service.prefetch, self.fetcher)
+            record = prefetch.gather(request, service.prefetch, self.fetcher, self.max_resources - carried)
         except (prefetch.NoPatientData, prefetch.AccessRefused) as e:
             raise PreconditionFailed(str(e)) from None
+        deadline.check()
         with observability.EVALUATION_SECONDS.time():
             findings = self._evaluate(rules, request, orders, record)
         return {"cards": cards.build(findings, rules.book, request.hookInstance, request.context["patientId"])}
@@ -129,13 +137,13 @@ class CdsService:
             return rules.engine.evaluate(anchor, facts) if anchor else []
         reactions = [f for f in facts if f["kind"] == "reaction"]
         history_known = "administrations" not in record.gaps
-        findings: list[Finding] = []
+        draft_groups = rules.anchors.draft_groups(drafts, bundle)  # once per call, not once per order
+        anchors = []
         for drug in orders.drugs:
-            anchor = rules.anchors.order(drug, request.hook, doses, drafts, bundle, reactions, history_known, now)
-            findings += rules.engine.evaluate(anchor, facts)
-        for vaccine in orders.vaccines:
-            findings += rules.engine.evaluate(vaccine, facts)
-        return findings
+            deadline.check()
+            anchors.append(rules.anchors.order(drug, request.hook, doses, draft_groups, bundle, reactions,
+                                               history_known, now))
+        return rules.engine.evaluate_each(anchors + orders.vaccines, facts)
 
     def _orders(self, rules: Ruleset, request: hooks.HookRequest) -> Orders:
         """Draft orders, and among them the ones to check: the selections (order-select) or all (order-sign)."""
@@ -186,21 +194,19 @@ def _index_resources(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any
     return {f"{r.get('resourceType')}/{r.get('id')}": r for r in resources}
 
 
-def _check_size(request: hooks.HookRequest, limit: int) -> None:
-    """Refuse, before any work, a request bringing more resources than the service reads: the caller picks
-    how many it sends, and reading each one takes time every other caller waits for."""
-    values = [request.context.get("draftOrders"), *(request.prefetch or {}).values()]
-    count = sum(_size(value) for value in values)
+def _check_size(request: hooks.HookRequest, limit: int, max_draft_orders: int) -> int:
+    """Refuse, before any work, a request bringing more resources or draft orders than the service reads:
+    the caller picks how many it sends, and reading each one takes time every other caller waits for.
+    Returns how many resources the request carries, which fetched ones then add to."""
+    draft_orders = request.context.get("draftOrders")
+    count = sum(prefetch.resource_count(value) for value in (draft_orders, *(request.prefetch or {}).values()))
     if count > limit:
         raise hooks.InvalidRequest(f"the request carries {count} FHIR resources; this service reads at most {limit}")
-
-
-def _size(value: Any) -> int:
-    """How many resources a context or prefetch value holds, counted without reading them."""
-    if not isinstance(value, dict):
-        return 0
-    entries = value.get("entry")
-    return len(entries) if isinstance(entries, list) else 1
+    drafts = len(prefetch.resources_in(draft_orders))
+    if drafts > max_draft_orders:
+        raise hooks.InvalidRequest(f"context.draftOrders holds {drafts} orders; this service checks at most "
+                                   f"{max_draft_orders} draft orders in one call")
+    return count
 
 
 def _index(bundle: Any, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
