@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, Callable
 
-from . import deadline
+from . import deadline, markup
 from .engine import Finding
 from .rulebook import INDICATOR_RANK, Rule, Rulebook
 
@@ -44,11 +44,11 @@ def _card(rule: Rule, findings: list[Finding], rulebook: Rulebook, thresholds: N
     top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
     chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
                     key=_severity, reverse=True)
-    summaries = _unique(_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen)
+    summaries = _unique(_fill(variants[f.variant].summary, f.bindings, thresholds, markup.plain) for f in chosen)
     order = chosen[0].bindings["order"]
     summary = summaries[0]
     if len(summaries) > 1 and rule.summary_many:
-        summary = _fill(rule.summary_many, {"order": order}, thresholds, count=len(summaries))
+        summary = _fill(rule.summary_many, {"order": order}, thresholds, markup.plain, count=len(summaries))
     source = _source(rule, order, rulebook)
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{rule.id}")),
@@ -83,17 +83,18 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
     order = findings[0].bindings["order"]
     parts = []
     if len(summaries) > 1:
-        parts.append("\n".join(f"- {s}" for s in summaries))
-    parts.append(_fill(rule.detail, {"order": order}, thresholds))
-    rows = _unique(_row(fact) for f in findings for name, fact in f.bindings.items()
+        parts.append("\n".join(f"- {markup.markdown(s)}" for s in summaries))
+    parts.append(_fill(rule.detail, {"order": order}, thresholds, markup.markdown))
+    order = _inert(order)  # from here on, record text goes into the detail as it is: escaped for Markdown
+    rows = _unique(_row(_inert(fact)) for f in findings for name, fact in f.bindings.items()
                    if name != "order" and fact.get("kind") == "lab")
     if rows:
         parts.append("| Result | Value | Date | Limit used | × limit |\n|---|---|---|---|---|\n" + "\n".join(rows))
-    gaps = _unique(f"- {fact['what']} {fact['reason']}" for f in findings for fact in f.bindings.values()
-                   if fact.get("kind") == "unavailable")
+    gaps = _unique(f"- {markup.markdown(fact['what'])} {markup.markdown(fact['reason'])}" for f in findings
+                   for fact in f.bindings.values() if fact.get("kind") == "unavailable")
     if gaps:
         parts.append("\n".join(gaps))
-    problems = _unique(f"- Problem list: {fact['display']} (active)" for f in findings
+    problems = _unique(f"- Problem list: {markup.markdown(fact['display'])} (active)" for f in findings
                        for fact in f.bindings.values() if fact.get("kind") == "condition")
     if problems:
         parts.append("\n".join(problems))
@@ -135,8 +136,10 @@ def _order_tests(rule: Rule, patient_id: str, card_uuid: str) -> dict[str, Any]:
             "isRecommended": True, "actions": actions}
 
 
-def _fill(template: str, bindings: dict[str, Any], thresholds: Names, **extra: Any) -> str:
-    names = {name: Names(fact) for name, fact in bindings.items()}
+def _fill(template: str, bindings: dict[str, Any], thresholds: Names, escape: Callable[[str], str],
+          **extra: Any) -> str:
+    """The template (clinicians' text, as written) with the facts' values made inert by `escape`."""
+    names = {name: Names(fact, escape) for name, fact in bindings.items()}
     try:
         return template.strip().format(t=thresholds, **names, **extra)
     except (AttributeError, KeyError, IndexError) as e:
@@ -146,12 +149,14 @@ def _fill(template: str, bindings: dict[str, Any], thresholds: Names, **extra: A
 
 class Names:
     """A dict's values as attributes for str.format templates ("{t.igg.low_mg_dl}", "{order.short}"), a
-    key's hyphens read as underscores; looked up when a template asks, not converted ahead."""
+    key's hyphens read as underscores; looked up when a template asks, not converted ahead. Facts' text
+    comes from the record or the request: `escape` makes it inert (markup.py); thresholds have none."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "_escape")
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], escape: Callable[[str], str] | None = None) -> None:
         self._values = values
+        self._escape = escape
 
     def __getattr__(self, name: str) -> Any:
         values = self._values
@@ -159,7 +164,14 @@ class Names:
         if key is None:
             raise AttributeError(name)
         value = values[key]
-        return Names(value) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            return Names(value, self._escape)
+        return self._escape(value) if self._escape and isinstance(value, str) else value
+
+
+def _inert(fact: dict[str, Any]) -> dict[str, Any]:
+    """The fact with its text escaped for Markdown, for the detail's lines and table rows."""
+    return {k: markup.markdown(v) if isinstance(v, str) else v for k, v in fact.items()}
 
 
 def _clip(text: str) -> str:
