@@ -119,14 +119,16 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
     def feedback(service_id: str) -> Response:
         if service_id not in service.services:
             return _error(404, f"no CDS service with id {service_id!r}")
+        limit = min(settings.max_body_bytes, feedback_body.MAX_BYTES)
+        request.max_content_length = limit  # 413 beyond it, as for hook calls
         try:
-            items = feedback_body.parse(jsonbody.loads(_body(settings.max_body_bytes), settings.max_json_depth))
-            store.save_feedback(service_id, items)
+            items = feedback_body.parse(jsonbody.loads(_body(limit), settings.max_json_depth))
+            stored = store.save_feedback(service_id, items)
         except (jsonbody.BadJson, feedback_body.InvalidFeedback) as e:
             return _error(400, str(e))
         except StoreUnavailable:
             return _unavailable("the feedback could not be stored; send it again")
-        g.log_fields = {"service": service_id, "feedback": len(items)}
+        g.log_fields = {"service": service_id, "feedback": len(items), "ignored": len(items) - stored}
         return jsonify({})
 
     def admin_refusal() -> Response | None:
