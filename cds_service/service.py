@@ -16,6 +16,7 @@ from .rulebook import Rulebook
 log = logging.getLogger(__name__)
 ORDER_TYPES = {"MedicationRequest", "MedicationOrder"}
 SKIPPED_STATUS = {"entered-in-error", "cancelled", "revoked"}
+FACTS_PER_SUBJECT = 20  # see _bounded
 Clock = Callable[[], datetime]
 
 
@@ -182,7 +183,23 @@ def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders
         facts.append(therapy)
     for drug in orders.drugs if orders else ():
         facts.append({"kind": "pending_order", "short": drug.product.data["short"]})
-    return facts
+    return _bounded(facts)
+
+
+def _bounded(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most FACTS_PER_SUBJECT facts of one kind about one subject (an analyte, a drug group, a problem
+    group), the most recent ones: every fact is matched against every order, and a record can hold
+    thousands of them that each differ a little (5000 results in 5000 made-up units). Rules ask whether
+    such a fact exists, or exists recently enough, which the most recent ones answer. Lab results are
+    already bounded where they are read (facts.py), so they are left as they are."""
+    by_subject: dict[tuple[str, Any], list[int]] = {}
+    for n, fact in enumerate(facts):
+        if fact["kind"] != "lab":
+            subject = fact.get("analyte") or fact.get("group") or fact.get("live") or fact.get("substance")
+            by_subject.setdefault((fact["kind"], subject), []).append(n)
+    dropped = {n for numbers in by_subject.values()
+               for n in sorted(numbers, key=lambda n: facts[n].get("age_days", 0))[FACTS_PER_SUBJECT:]}
+    return [fact for n, fact in enumerate(facts) if n not in dropped]
 
 
 def _selected(resource: dict[str, Any], selections: set[str]) -> bool:
