@@ -28,6 +28,12 @@ class OrderedDrug:
 
 
 @dataclass(frozen=True)
+class DraftGroups:
+    of: dict[int, list[str]]  # each draft order's drug groups, by the order's identity
+    counts: Counter[str]  # how many draft orders fall in each group
+
+
+@dataclass(frozen=True)
 class Dose:
     product: Product
     when: datetime
@@ -61,14 +67,17 @@ class Anchors:
                 found.append(Dose(matched[0], when))
         return sorted(found, key=lambda d: d.when, reverse=True)
 
-    def draft_groups(self, drafts: list[dict[str, Any]], bundle: dict[str, dict[str, Any]]) -> Counter[str]:
-        """How many of the draft orders fall in each drug group, counted once per call: each anti-CD20
-        order's premedication check then costs the same however many orders come with it."""
-        return Counter(group for r in drafts for group in self.catalogue.groups(medication_of(r, bundle)))
+    def draft_groups(self, drafts: list[dict[str, Any]], bundle: dict[str, dict[str, Any]],
+                     drugs: list[OrderedDrug]) -> DraftGroups:
+        """The draft orders' drug groups, found once per call: each anti-CD20 order's premedication check
+        then costs the same however many orders come with it. A lone anti-CD20 order's own groups are
+        not needed (its premedication is looked for among the other orders)."""
+        lone = {id(drugs[0].resource)} if len(drugs) == 1 else set()
+        of = {id(r): self.catalogue.groups(medication_of(r, bundle)) for r in drafts if id(r) not in lone}
+        return DraftGroups(of, Counter(group for groups in of.values() for group in groups))
 
-    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], draft_groups: Counter[str],
-              bundle: dict[str, dict[str, Any]], reactions: list[dict[str, Any]], history_known: bool,
-              now: datetime) -> dict[str, Any]:
+    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], draft_groups: DraftGroups,
+              reactions: list[dict[str, Any]], history_known: bool, now: datetime) -> dict[str, Any]:
         """The anchor for an anti-CD20 order: product data, phase, dose, interval, premedication."""
         product = drug.product
         same = [d for d in doses if d.product.ingredient == product.ingredient]
@@ -83,7 +92,7 @@ class Anchors:
         fact.update(_dose_check(drug.resource, product, len(same)))
         if same:
             fact.update(_interval_check(product, len(same), fact["days_since_last_dose"]))
-        fact.update(self._premedication(product, drug, draft_groups, bundle))
+        fact.update(self._premedication(product, drug, draft_groups))
         fact.update(_reaction(product, reactions))
         return fact
 
@@ -122,12 +131,11 @@ class Anchors:
                 "immunoglobulins_before_start": bool(data.get("immunoglobulins_before_start")),
                 "premedication_text": data.get("premedication_text", "")}
 
-    def _premedication(self, product: Product, drug: OrderedDrug, draft_groups: Counter[str],
-                       bundle: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _premedication(self, product: Product, drug: OrderedDrug, draft_groups: DraftGroups) -> dict[str, Any]:
         """Which of the product's premedication groups has no order among the other draft orders."""
         needed = product.data.get("premedication") or []
-        own = set(self.catalogue.groups(medication_of(drug.resource, bundle))) if needed else set()
-        missing = [g for g in needed if draft_groups[g] - (g in own) <= 0]
+        own = draft_groups.of.get(id(drug.resource), [])
+        missing = [g for g in needed if draft_groups.counts[g] - (g in own) <= 0]
         return {"premedication_missing": bool(missing),
                 "premedication_missing_text": " and ".join(self.catalogue.group_label(g) for g in missing)}
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from . import deadline, markup
 from .engine import Finding
@@ -85,8 +86,8 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
     if len(summaries) > 1:
         parts.append("\n".join(f"- {markup.markdown(s)}" for s in summaries))
     parts.append(_fill(rule.detail, {"order": order}, thresholds, markup.markdown))
-    order = _inert(order)  # from here on, record text goes into the detail as it is: escaped for Markdown
-    rows = _unique(_row(_inert(fact)) for f in findings for name, fact in f.bindings.items()
+    order = _Inert(order)  # from here on, record text goes into the detail as it is: escaped for Markdown
+    rows = _unique(_row(_Inert(fact)) for f in findings for name, fact in f.bindings.items()
                    if name != "order" and fact.get("kind") == "lab")
     if rows:
         parts.append("| Result | Value | Date | Limit used | × limit |\n|---|---|---|---|---|\n" + "\n".join(rows))
@@ -109,7 +110,7 @@ def _detail(rule: Rule, summaries: list[str], findings: list[Finding], threshold
     return "\n\n".join(p for p in parts if p)
 
 
-def _row(fact: dict[str, Any]) -> str:
+def _row(fact: Mapping[str, Any]) -> str:
     if "result" in fact:
         return f"| {fact['label']} | {fact['result']} | {fact['date']} | | |"
     limit, times = "", ""
@@ -169,9 +170,24 @@ class Names:
         return self._escape(value) if self._escape and isinstance(value, str) else value
 
 
-def _inert(fact: dict[str, Any]) -> dict[str, Any]:
-    """The fact with its text escaped for Markdown, for the detail's lines and table rows."""
-    return {k: markup.markdown(v) if isinstance(v, str) else v for k, v in fact.items()}
+class _Inert(Mapping[str, Any]):
+    """A fact whose text reads escaped for Markdown, for the detail's lines and table rows; escaped when
+    read, as a row uses a few of a fact's many fields."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._values[key]
+        return markup.markdown(value) if isinstance(value, str) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 def _clip(text: str) -> str:

@@ -96,15 +96,15 @@ class Engine:
         """
         facts = _distinct([{**fact, "sid": SID} for fact in record])
         digest = hashlib.blake2b("\n".join(facts).encode(), digest_size=16).digest()
-        anchors = _distinct([{**order, "sid": SID} for order in orders])
+        keyed = [(_canonical(anchor), anchor) for anchor in ({**order, "sid": SID} for order in orders)]
         with self._lock:
-            known = {key: self._remembered.get((digest, key)) for key in anchors}
-            missing = {key: anchors[key] for key, findings in known.items() if findings is None}
+            known = {key: self._remembered.get((digest, key)) for key, _ in keyed}
+            missing = {key: anchor for key, anchor in keyed if known[key] is None}
             if missing:
                 known.update(self._run(facts, missing))
             for key, findings in known.items():
                 self._remember((digest, key), findings)
-        return [finding for order in orders for finding in known[_canonical({**order, "sid": SID})]]
+        return [finding for key, _ in keyed for finding in known[key]]
 
     def _remember(self, key: tuple[bytes, str], findings: list[Finding]) -> None:
         self._remembered[key] = findings

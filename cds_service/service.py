@@ -138,12 +138,11 @@ class CdsService:
             return rules.engine.evaluate(anchor, facts) if anchor else []
         reactions = [f for f in facts if f["kind"] == "reaction"]
         history_known = "administrations" not in record.gaps
-        draft_groups = rules.anchors.draft_groups(drafts, bundle)  # once per call, not once per order
+        draft_groups = rules.anchors.draft_groups(drafts, bundle, orders.drugs)  # once per call, not per order
         anchors = []
         for drug in orders.drugs:
             deadline.check()
-            anchors.append(rules.anchors.order(drug, request.hook, doses, draft_groups, bundle, reactions,
-                                               history_known, now))
+            anchors.append(rules.anchors.order(drug, request.hook, doses, draft_groups, reactions, history_known, now))
         return rules.engine.evaluate_each(anchors + orders.vaccines, facts)
 
     def _orders(self, rules: Ruleset, request: hooks.HookRequest) -> Orders:
