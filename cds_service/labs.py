@@ -23,6 +23,8 @@ from .units import UnknownUnit, Units
 
 IGNORED_STATUS = {"entered-in-error", "cancelled", "registered"}
 READINGS_KEPT = 4096  # a few hundred patients' results: a few MB at most
+REMEMBERED_CHARS = 16 * 1024  # a longer result (real ones are ~1 kB) is read, not remembered: 4096 results
+# of megabytes each, sent on purpose, would otherwise fill a worker's memory
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,9 @@ class LabReader:
         """None for results that do not count at all (entered in error, cancelled)."""
         if resource.get("status") in IGNORED_STATUS:
             return None
-        return self._read_text(json.dumps(resource, separators=(",", ":")), analyte)
+        text = json.dumps(resource, separators=(",", ":"))
+        read = self._read_text if len(text) <= REMEMBERED_CHARS else self._read_text_uncached
+        return read(text, analyte)
 
     def _read_text_uncached(self, text: str, analyte: str) -> LabResult | Unreadable:
         try:

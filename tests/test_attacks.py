@@ -35,7 +35,7 @@ from cds_service.feedback.models import Feedback
 from cds_service.feedback.settings import StoreSettings
 from cds_service.feedback.store import Store
 from conftest import NOW
-from security_support import PUBLIC_URL, RecordingServer, SigningEhr, example_request, serve
+from security_support import PUBLIC_URL, RecordingServer, SigningEhr, example_request, serve_process
 
 SIGN = "/cds-services/cd20-order-sign"
 BUDGET_SECONDS = 1.0  # the served call budget: an ordinary call needs a few ms of it
@@ -97,9 +97,15 @@ class KeyHost:
 class Served:
     """The service under attack and what the tests need to talk to it."""
 
-    def __init__(self, base: str, ehr: SigningEhr, slow: dict[str, SigningEhr], fhir: RecordingServer,
+    def __init__(self, base: str, master: int, ehr: SigningEhr, slow: dict[str, SigningEhr], fhir: RecordingServer,
                  log_path: Path) -> None:
-        self.base, self.ehr, self.slow, self.fhir, self.log_path = base, ehr, slow, fhir, log_path
+        self.base, self.master, self.ehr, self.slow, self.fhir, self.log_path = base, master, ehr, slow, fhir, log_path
+
+    def worker_rss_mb(self) -> float:
+        """Resident memory of the one gunicorn worker (the master's only child)."""
+        [worker] = Path(f"/proc/{self.master}/task/{self.master}/children").read_text().split()
+        status = Path(f"/proc/{worker}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
     def post(self, path: str, body: Any, ehr: SigningEhr | None = None, timeout: float = 30,
              **claims: Any) -> requests.Response:
@@ -132,8 +138,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                "WEB_CONCURRENCY": "1", "CDS_THREADS": "4"}
         log_path = directory / "server.log"
         try:
-            with serve(env, log_path) as base:
-                target = Served(base, ehr, slow, fhir, log_path)
+            with serve_process(env, log_path) as (base, master):
+                target = Served(base, master.pid, ehr, slow, fhir, log_path)
                 _warm_up(target)
                 yield target
         finally:
@@ -307,6 +313,18 @@ def test_a_call_past_its_budget_stops_with_503_and_the_worker_goes_on(served, wa
     assert "did not finish within 1 s" in response.json()["error"]
     assert took < BUDGET_SECONDS + 3, took  # stopped near its deadline, not after all its work
     assert "hook call stopped at its deadline" in served.log_path.read_text()
+
+
+def test_large_results_sent_again_and_again_do_not_stay_in_the_workers_memory(served, watch):
+    """Lab readings are remembered by their content; 60 results of 400 kB each, all different, are read
+    and then let go (remembered, they would keep 24 MB)."""
+    before = served.worker_rss_mb()
+    with watch():
+        for n in range(60):
+            labs = [{**fb.lab(fb.ALT, 25, "U/L", days_ago=3), "note": [{"text": f"{n} " + "x" * 400_000}]}]
+            assert served.post(SIGN, _with_orders(1, labs)).status_code == 200
+    growth = served.worker_rss_mb() - before
+    assert growth < 10, f"the worker grew by {growth:.1f} MB"
 
 
 # --- trusted key hosts that are slow --------------------------------------------------------------------------
