@@ -2,6 +2,7 @@
 patient-view — the anti-CD20 therapy on record. Product differences come from rules/products.yaml."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable
@@ -25,6 +26,12 @@ class OrderedDrug:
     product: Product
     match: Match
     resource: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DraftGroups:
+    of: dict[int, list[str]]  # each draft order's drug groups, by the order's identity
+    counts: Counter[str]  # how many draft orders fall in each group
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,17 @@ class Anchors:
             problems.append(_unidentified(unidentified))
         return sorted(found, key=lambda d: d.when, reverse=True), problems
 
-    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], drafts: list[dict[str, Any]],
-              bundle: dict[str, dict[str, Any]], reactions: list[dict[str, Any]], history_known: bool,
-              now: datetime) -> dict[str, Any]:
+    def draft_groups(self, drafts: list[dict[str, Any]], bundle: dict[str, dict[str, Any]],
+                     drugs: list[OrderedDrug]) -> DraftGroups:
+        """The draft orders' drug groups, found once per call: each anti-CD20 order's premedication check
+        then costs the same however many orders come with it. A lone anti-CD20 order's own groups are
+        not needed (its premedication is looked for among the other orders)."""
+        lone = {id(drugs[0].resource)} if len(drugs) == 1 else set()
+        of = {id(r): self.catalogue.groups(medication_of(r, bundle)) for r in drafts if id(r) not in lone}
+        return DraftGroups(of, Counter(group for groups in of.values() for group in groups))
+
+    def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], draft_groups: DraftGroups,
+              reactions: list[dict[str, Any]], history_known: bool, now: datetime) -> dict[str, Any]:
         """The anchor for an anti-CD20 order: product data, phase, dose, interval, premedication."""
         product = drug.product
         same = [d for d in doses if d.product.ingredient == product.ingredient]
@@ -96,7 +111,7 @@ class Anchors:
         fact.update(_dose_check(drug.resource, product, len(same)))
         if same:
             fact.update(_interval_check(product, len(same), fact["days_since_last_dose"]))
-        fact.update(self._premedication(product, drug, drafts, bundle))
+        fact.update(self._premedication(product, drug, draft_groups))
         fact.update(_reaction(product, reactions))
         return fact
 
@@ -133,13 +148,11 @@ class Anchors:
                 "immunoglobulins_before_start": bool(data.get("immunoglobulins_before_start")),
                 "premedication_text": data.get("premedication_text", "")}
 
-    def _premedication(self, product: Product, drug: OrderedDrug, drafts: list[dict[str, Any]],
-                       bundle: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def _premedication(self, product: Product, drug: OrderedDrug, draft_groups: DraftGroups) -> dict[str, Any]:
         """Which of the product's premedication groups has no order among the other draft orders."""
         needed = product.data.get("premedication") or []
-        present = {group for r in drafts if r is not drug.resource
-                   for group in self.catalogue.groups(medication_of(r, bundle))}
-        missing = [g for g in needed if g not in present]
+        own = draft_groups.of.get(id(drug.resource), [])
+        missing = [g for g in needed if draft_groups.counts[g] - (g in own) <= 0]
         names = product.data.get("premedication_names") or {}
         return {"premedication_missing": bool(missing),
                 "premedication_missing_text": " and ".join(names.get(g) or self.catalogue.group_label(g)

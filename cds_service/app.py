@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import admin, auth, jsonbody, logs, observability, rulebook
 from .config import Settings
+from .deadline import DeadlineExceeded
 from .cors import Cors
 from .feedback import analytics, body as feedback_body, page
 from .feedback.replay import DatabaseReplayCache
@@ -30,7 +31,8 @@ def build_service(settings: Settings, now: datetime | None = None, book: ruleboo
     """The service as configured: rules from rules/ (+ overrides) unless given, fetching from fhirServer."""
     fixed = now or settings.frozen_now
     return CdsService(book or rulebook.load(), fetcher=FhirFetcher(FetchSettings.from_env()),
-                      clock=(lambda: fixed) if fixed else utc_now, max_resources=settings.max_resources)
+                      clock=(lambda: fixed) if fixed else utc_now, max_resources=settings.max_resources,
+                      max_draft_orders=settings.max_draft_orders, budget_seconds=settings.call_budget_seconds)
 
 
 def create_app(service: CdsService | None = None, settings: Settings | None = None,
@@ -104,6 +106,10 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             return _error(404, f"no CDS service with id {service_id!r}")
         except PreconditionFailed as e:
             return _operation_outcome(412, str(e))
+        except DeadlineExceeded:
+            log.warning("hook call stopped at its deadline", extra={"fields": {"service": service_id}})
+            return _unavailable(f"the checks did not finish within {settings.call_budget_seconds:g} s, so no "
+                                "cards are given (a partial set could hide a warning); send the call again")
         g.log_fields = {"service": service_id, "cards": [c["source"]["topic"]["code"] for c in result["cards"]]}
         observability.count_cards(result["cards"])
         store.record_cards(service_id, service.services[service_id].hook, body["context"]["patientId"], result["cards"])
@@ -113,14 +119,16 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
     def feedback(service_id: str) -> Response:
         if service_id not in service.services:
             return _error(404, f"no CDS service with id {service_id!r}")
+        limit = min(settings.max_body_bytes, feedback_body.MAX_BYTES)
+        request.max_content_length = limit  # 413 beyond it, as for hook calls
         try:
-            items = feedback_body.parse(jsonbody.loads(_body(settings.max_body_bytes), settings.max_json_depth))
-            store.save_feedback(service_id, items)
+            items = feedback_body.parse(jsonbody.loads(_body(limit), settings.max_json_depth))
+            stored = store.save_feedback(service_id, items)
         except (jsonbody.BadJson, feedback_body.InvalidFeedback) as e:
             return _error(400, str(e))
         except StoreUnavailable:
             return _unavailable("the feedback could not be stored; send it again")
-        g.log_fields = {"service": service_id, "feedback": len(items)}
+        g.log_fields = {"service": service_id, "feedback": len(items), "ignored": len(items) - stored}
         return jsonify({})
 
     def admin_refusal() -> Response | None:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import jwt
 import yaml
 
-from . import jwks
+from . import jwks, urls
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,13 @@ class Verifier:
         exp, iat, now = claims["exp"], claims["iat"], self.clock()
         if not all(_is_time(v) for v in (exp, iat)):
             raise Unauthorized("exp and iat must be numbers")
+        if "nbf" in claims and not _is_time(claims["nbf"]):
+            raise Unauthorized("nbf must be a number")  # a time the token names but we cannot read: refused
         if now > exp + LEEWAY_SECONDS:
             raise Unauthorized("token expired")
         if iat > now + LEEWAY_SECONDS:
             raise Unauthorized("token issued in the future (iat)")
-        if _is_time(claims.get("nbf")) and claims["nbf"] > now + LEEWAY_SECONDS:
+        if "nbf" in claims and claims["nbf"] > now + LEEWAY_SECONDS:
             raise Unauthorized("token not yet valid (nbf)")
         if exp - now > MAX_LIFETIME_SECONDS:
             raise Unauthorized(f"token valid for more than {MAX_LIFETIME_SECONDS} s from now")
@@ -281,12 +283,8 @@ def _is_key_url(url: str) -> bool:
 
 
 def _base_url(url: str) -> str | None:
-    """A FHIR base URL in one spelling (scheme and host lower case, no trailing slash); None for URLs
-    with user info, a query or a fragment, which no configured base URL should match."""
-    try:
-        parts = urlsplit(url.strip())
-    except ValueError:
-        return None
-    if parts.username is not None or parts.query or parts.fragment or not _is_http_url(url.strip()):
-        return None
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+    """A FHIR base URL in its one spelling (urls.py: case, escapes, dot segments and default ports
+    normalised, no trailing slash); None for URLs no configured base URL should match (with user info,
+    a query or a fragment, or read differently by different servers)."""
+    parts = urls.normalise(url.strip())
+    return parts.base if parts is not None and not parts.query else None

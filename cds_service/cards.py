@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import deadline, markup
 from .engine import Finding
 from .rulebook import INDICATOR_RANK, Rule, Rulebook
 
@@ -60,7 +62,7 @@ class _Part:
         top = min(INDICATOR_RANK[variants[f.variant].indicator] for f in findings)
         chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
                         key=_severity, reverse=True)
-        said = [_fill(variants[f.variant].summary, f.bindings, thresholds) for f in chosen]
+        said = [_fill(variants[f.variant].summary, f.bindings, thresholds, markup.plain) for f in chosen]
         return cls(rule, variants[chosen[0].variant].indicator, chosen, said, thresholds)
 
     def keeping(self, kept: list[bool]) -> "_Part":
@@ -79,11 +81,12 @@ class _Part:
     @property
     def summary(self) -> str:
         if len(self.summaries) > 1 and self.rule.summary_many:
-            return _fill(self.rule.summary_many, {"order": self.order}, self.thresholds, count=len(self.summaries))
+            return _fill(self.rule.summary_many, {"order": self.order}, self.thresholds, markup.plain,
+                         count=len(self.summaries))
         return self.summaries[0]
 
     def detail(self) -> str:
-        return _fill(self.rule.detail, {"order": self.order}, self.thresholds)
+        return _fill(self.rule.detail, {"order": self.order}, self.thresholds, markup.markdown)
 
 
 def _adding(others: list[_Part], lead: _Part, rulebook: Rulebook) -> list[_Part]:
@@ -107,6 +110,7 @@ def _key(fact: dict[str, Any]) -> str:
 
 
 def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
+    deadline.check()
     source = _source(lead.rule, lead.order, rulebook)
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{lead.rule.id}")),
@@ -144,21 +148,22 @@ def _detail(lead: _Part, others: list[_Part], source: dict[str, str], rulebook: 
     order = lead.order
     parts = []
     if len(lead.summaries) > 1:
-        parts.append("\n".join(f"- {s}" for s in lead.summaries))
+        parts.append(_bullets(lead.summaries))
     parts.append(lead.detail())
     for other in others:
-        said = other.summaries[0] if len(other.summaries) == 1 else "\n" + "\n".join(f"- {s}" for s in other.summaries)
+        said = markup.markdown(other.summaries[0]) if len(other.summaries) == 1 else "\n" + _bullets(other.summaries)
         parts.append(f"**Also:** {said}\n\n{other.detail()}")
+    order = _Inert(order)  # from here on, record text goes into the detail as it is: escaped for Markdown
     findings = [f for part in [lead, *others] for f in part.findings]
-    rows = _unique(_row(fact) for f in findings for name, fact in f.bindings.items()
+    rows = _unique(_row(_Inert(fact)) for f in findings for name, fact in f.bindings.items()
                    if name != "order" and fact.get("kind") == "lab")
     if rows:
         parts.append(_table(rows))
-    gaps = _unique(f"- {fact['what']} {fact['reason']}" for f in findings for fact in f.bindings.values()
-                   if fact.get("kind") == "unavailable")
+    gaps = _unique(f"- {markup.markdown(fact['what'])} {markup.markdown(fact['reason'])}" for f in findings
+                   for fact in f.bindings.values() if fact.get("kind") == "unavailable")
     if gaps:
         parts.append("\n".join(gaps))
-    problems = _unique(f"- Problem list: {fact['display']} (active)" for f in findings
+    problems = _unique(f"- Problem list: {markup.markdown(fact['display'])} (active)" for f in findings
                        for fact in f.bindings.values() if fact.get("kind") == "condition")
     if problems:
         parts.append("\n".join(problems))
@@ -176,7 +181,7 @@ def _detail(lead: _Part, others: list[_Part], source: dict[str, str], rulebook: 
     return "\n\n".join(p for p in parts if p)
 
 
-def _row(fact: dict[str, Any]) -> tuple[str, ...]:
+def _row(fact: Mapping[str, Any]) -> tuple[str, ...]:
     if "result" in fact:
         return fact["label"], fact["result"], fact["date"], "", ""
     limit, times = "", ""
@@ -218,8 +223,14 @@ def _unique_by_label(suggestions: Any) -> list[dict[str, Any]]:
     return list(found.values())
 
 
-def _fill(template: str, bindings: dict[str, Any], thresholds: Names, **extra: Any) -> str:
-    names = {name: Names(fact) for name, fact in bindings.items()}
+def _bullets(summaries: list[str]) -> str:
+    return "\n".join(f"- {markup.markdown(s)}" for s in summaries)
+
+
+def _fill(template: str, bindings: dict[str, Any], thresholds: Names, escape: Callable[[str], str],
+          **extra: Any) -> str:
+    """The template (clinicians' text, as written) with the facts' values made inert by `escape`."""
+    names = {name: Names(fact, escape) for name, fact in bindings.items()}
     try:
         return template.strip().format(t=thresholds, **names, **extra)
     except (AttributeError, KeyError, IndexError) as e:
@@ -229,12 +240,14 @@ def _fill(template: str, bindings: dict[str, Any], thresholds: Names, **extra: A
 
 class Names:
     """A dict's values as attributes for str.format templates ("{t.igg.low_mg_dl}", "{order.short}"), a
-    key's hyphens read as underscores; looked up when a template asks, not converted ahead."""
+    key's hyphens read as underscores; looked up when a template asks, not converted ahead. Facts' text
+    comes from the record or the request: `escape` makes it inert (markup.py); thresholds have none."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_values", "_escape")
 
-    def __init__(self, values: dict[str, Any]) -> None:
+    def __init__(self, values: dict[str, Any], escape: Callable[[str], str] | None = None) -> None:
         self._values = values
+        self._escape = escape
 
     def __getattr__(self, name: str) -> Any:
         values = self._values
@@ -242,7 +255,29 @@ class Names:
         if key is None:
             raise AttributeError(name)
         value = values[key]
-        return Names(value) if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            return Names(value, self._escape)
+        return self._escape(value) if self._escape and isinstance(value, str) else value
+
+
+class _Inert(Mapping[str, Any]):
+    """A fact whose text reads escaped for Markdown, for the detail's lines and table rows; escaped when
+    read, as a row uses a few of a fact's many fields."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._values[key]
+        return markup.markdown(value) if isinstance(value, str) else value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
 
 
 def _clip(text: str) -> str:

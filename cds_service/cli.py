@@ -13,6 +13,7 @@ from pathlib import Path
 from . import auth, catalogue, jsonbody, logs, rulebook
 from .app import build_service
 from .config import Settings
+from .deadline import DeadlineExceeded
 from .cors import Cors, CorsConfigError
 from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
@@ -100,6 +101,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _fail(404, f"no CDS service for {e}")
     except PreconditionFailed as e:
         return _fail(412, str(e))
+    except DeadlineExceeded as e:
+        return _fail(503, f"{e} ({settings.call_budget_seconds:g} s, CDS_CALL_BUDGET_SECONDS)")
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0
@@ -119,7 +122,7 @@ def _fail(status: int, message: str) -> int:
     """Print the error body the HTTP service would send; the exit code says which kind it was."""
     json.dump({"error": message, "status": status}, sys.stdout, indent=2)
     print()
-    return {400: 2, 404: 3, 412: 4}.get(status, 1)
+    return {400: 2, 404: 3, 412: 4, 503: 5}.get(status, 1)
 
 
 def _parse_time(text: str) -> datetime:

@@ -1,6 +1,7 @@
 """Core settings, read from the environment once at start-up."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +20,9 @@ class Settings:
     public_url: str | None = None  # base URL callers use; a token's aud must be this + the path called
     jwt_algorithms: tuple[str, ...] = ("ES384", "RS384")
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call; "*" only in development mode
-    max_resources: int = 5000  # FHIR resources one request may bring (draft orders + prefetch)
+    max_resources: int = 5000  # FHIR resources one call may read (draft orders + prefetch + fetched)
+    max_draft_orders: int = 50  # draft orders one call may bring
+    call_budget_seconds: float = 5.0  # a hook call still running after this stops and answers 503
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -38,9 +41,23 @@ class Settings:
             jwt_algorithms=_words(env.get("CDS_JWT_ALGORITHMS")) or cls.jwt_algorithms,
             cors_origins=_words(env.get("CDS_CORS_ORIGINS", "*" if dev else "")),
             max_resources=int(env.get("CDS_MAX_RESOURCES", cls.max_resources)),
+            max_draft_orders=int(env.get("CDS_MAX_DRAFT_ORDERS", cls.max_draft_orders)),
+            call_budget_seconds=_seconds(env, "CDS_CALL_BUDGET_SECONDS", cls.call_budget_seconds),
         )
 
 
 def _words(text: str | None) -> tuple[str, ...]:
     """A list setting written with commas and/or spaces."""
     return tuple(w for w in (text or "").replace(",", " ").split() if w)
+
+
+def _seconds(env: dict[str, str], name: str, default: float) -> float:
+    """A positive, finite number of seconds; anything else stops start-up with the variable named."""
+    text = env.get(name)
+    try:
+        value = float(text) if text is not None else default
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds, not {text!r}")
+    return value

@@ -13,10 +13,16 @@ What durable-rules 2.0.28 does not tolerate, and how this module copes:
 
 An evaluation is a pure function of its facts, and durable-rules is a fifth of a hook call's cost; an EHR
 asks about the same order and record several times (order-select at each change to the draft, then
-order-sign). So the findings for the last EVALUATIONS_KEPT distinct fact sets are remembered.
+order-sign). So the findings for the last EVALUATIONS_KEPT distinct fact sets are remembered, by a digest
+of the record's facts and the order's (a record may be megabytes of facts; its digest is 16 bytes).
+
+A call with several orders asserts the record once and then each order in turn (asserted, its findings
+taken, retracted), so its cost is the record plus each order, never the record once per order; the
+call's deadline (deadline.py) is checked between orders.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -27,6 +33,7 @@ from typing import Any
 
 from durable import engine as durable
 
+from . import deadline
 from .rulebook import Rulebook
 
 log = logging.getLogger(__name__)
@@ -71,30 +78,39 @@ class Engine:
     def __init__(self, rulebook: Rulebook, remembered: int = EVALUATIONS_KEPT) -> None:
         self._rulebook = rulebook
         self._lock = threading.Lock()
-        self._remembered: OrderedDict[str, list[Finding]] = OrderedDict()
+        self._remembered: OrderedDict[tuple[bytes, str], list[Finding]] = OrderedDict()
         self._kept = remembered
         with self._lock:
             self._build()
-            self._run([{"kind": "warm-up", "sid": SID}])
+            self._run({}, {"warm-up": {"kind": "warm-up", "sid": SID}})
 
     def evaluate(self, order: dict[str, Any], record: list[dict[str, Any]]) -> list[Finding]:
-        """Findings for one ordered product given the patient's record facts.
+        """Findings for one ordered product given the patient's record facts."""
+        return self.evaluate_each([order], record)
 
-        The record is asserted before the order: rules with `unless` patterns are decided when the
+    def evaluate_each(self, orders: list[dict[str, Any]], record: list[dict[str, Any]]) -> list[Finding]:
+        """Findings for each order in turn given the same record facts, in the orders' order.
+
+        The record is asserted before the orders: rules with `unless` patterns are decided when an
         order arrives, so everything they might be waiting for must already be there.
         """
-        facts = _distinct([{**fact, "sid": SID} for fact in record] + [{**order, "sid": SID}])
-        key = "\n".join(facts)
+        facts = _distinct([{**fact, "sid": SID} for fact in record])
+        digest = hashlib.blake2b("\n".join(facts).encode(), digest_size=16).digest()
+        keyed = [(_canonical(anchor), anchor) for anchor in ({**order, "sid": SID} for order in orders)]
         with self._lock:
-            findings = self._remembered.get(key)
-            if findings is None:
-                findings = self._run(list(facts.values()))
-                self._remembered[key] = findings
-                if len(self._remembered) > self._kept:
-                    self._remembered.popitem(last=False)
-            else:
-                self._remembered.move_to_end(key)
-            return list(findings)
+            known = {key: self._remembered.get((digest, key)) for key, _ in keyed}
+            missing = {key: anchor for key, anchor in keyed if known[key] is None}
+            if missing:
+                known.update(self._run(facts, missing))
+            for key, findings in known.items():
+                self._remember((digest, key), findings)
+        return [finding for key, _ in keyed for finding in known[key]]
+
+    def _remember(self, key: tuple[bytes, str], findings: list[Finding]) -> None:
+        self._remembered[key] = findings
+        self._remembered.move_to_end(key)
+        if len(self._remembered) > self._kept:
+            self._remembered.popitem(last=False)
 
     def _build(self) -> None:
         self._name = f"cd20-{next(_generation)}"
@@ -102,14 +118,21 @@ class Engine:
         # durable-rules deletes 'run' from the definition it is given: hand it a copy
         self._host.set_rulesets({self._name: {n: dict(r) for n, r in self._rulebook.ruleset.items()}})
 
-    def _run(self, facts: list[dict[str, Any]]) -> list[Finding]:
-        """Assert the record's facts, then the order (the last one); retract them all afterwards."""
-        self._host.findings = []
+    def _run(self, record: dict[str, dict[str, Any]], orders: dict[str, dict[str, Any]]) -> dict[str, list[Finding]]:
+        """Assert the record's facts, then each order alone (asserted, its findings taken, retracted);
+        every fact is retracted afterwards, also when the deadline stops the loop over the orders."""
+        found: dict[str, list[Finding]] = {}
+        facts = list(record.values())
         try:
-            for batch in (facts[:-1], facts[-1:]):
-                if batch:
-                    self._call(self._host.assert_facts, batch)
-            return self._host.findings
+            self._call(self._host.assert_facts, facts)
+            for key, anchor in orders.items():
+                deadline.check()
+                self._host.findings = []
+                self._call(self._host.assert_facts, [anchor])
+                found[key], self._host.findings = self._host.findings, []
+                if key not in record:  # an order identical to a record fact stays until the record goes
+                    self._call(self._host.retract_facts, [anchor])
+            return found
         finally:
             self._host.findings = []
             self._call(self._host.retract_facts, facts[::-1])
@@ -118,6 +141,8 @@ class Engine:
                 self._build()
 
     def _call(self, method: Any, facts: Any) -> None:
+        if not facts:
+            return
         try:
             method(self._name, facts)
         except (durable.MessageNotHandledException, durable.MessageObservedException):
@@ -129,8 +154,12 @@ def _distinct(facts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     so asserting each once keeps retraction exact."""
     unique: dict[str, dict[str, Any]] = {}
     for fact in facts:
-        unique.setdefault(json.dumps(fact, sort_keys=True, default=str), fact)
+        unique.setdefault(_canonical(fact), fact)
     return unique
+
+
+def _canonical(fact: dict[str, Any]) -> str:
+    return json.dumps(fact, sort_keys=True, default=str)
 
 
 def _plain(fact: Any) -> dict[str, Any]:

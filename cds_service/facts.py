@@ -16,6 +16,7 @@ from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
+from . import deadline
 from .codesystems import CodeSystems
 from .labs import Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir
 from .orders import Catalogue, as_list, index, medication_of, route_text
@@ -101,6 +102,7 @@ class FactBuilder:
         provisional: LabResult | None = None
         unreadable = []
         for resource, coded in sorted(entries, key=lambda e: _stated_time(e[0]), reverse=True):
+            deadline.check()  # validating a result is most of a call's cost: a long record is stopped here
             if final and days and (now - _stated_time(resource)).days > days:
                 break
             reading = self._labs.read(resource, coded)
@@ -175,6 +177,7 @@ class FactBuilder:
             if problem:
                 facts.append(record_gap(f"condition:{group}", what, problem, "is coded under an unknown code system"))
                 continue
+            deadline.check()
             try:
                 condition = Condition.model_validate(resource)
             except (ValidationError, RecursionError) as e:

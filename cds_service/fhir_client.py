@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Mapping
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 from prometheus_client import Counter
@@ -28,6 +28,7 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
+from . import deadline, urls
 from .hooks import HookRequest
 from .prefetch import AccessRefused, FetchFailed, NoFhirAccess
 
@@ -97,8 +98,9 @@ class FhirFetcher:
         if not queries:
             return {}
         started = time.monotonic()
+        left = deadline.remaining()  # the hook call's own deadline, when it comes first
         call = _Call(self.session, self.settings, _base(request.fhirServer), _auth(request, self.settings),
-                     started + self.settings.deadline_seconds)
+                     started + min(self.settings.deadline_seconds, math.inf if left is None else left))
         pool = ThreadPoolExecutor(min(len(queries), self.settings.parallel), thread_name_prefix="fhir-fetch")
         try:
             futures = {key: pool.submit(call.run, query) for key, query in queries.items()}
@@ -116,10 +118,11 @@ class FhirFetcher:
 
 
 def _base(server: str | None) -> str:
-    parts = urlsplit(server or "")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise NoFhirAccess("the EHR's fhirServer is not an http(s) address")
-    return (server or "").rstrip("/")
+    """fhirServer in the one spelling its `next` links are compared with (urls.py)."""
+    parts = urls.normalise(server or "")
+    if parts is None or parts.query:
+        raise NoFhirAccess("the EHR's fhirServer is not an http(s) base address")
+    return parts.base
 
 
 def _auth(request: HookRequest, settings: FetchSettings) -> AuthBase | None:
@@ -217,8 +220,8 @@ class _Call:
             next_url = _next_link(page)
             if next_url is None:
                 return {"resourceType": "Bundle", "type": "searchset", "entry": found}
-            next_url = urljoin(self.base + "/", next_url)
-            if not _same_base(next_url, self.base):
+            next_url = _under_base(urljoin(self.base + "/", next_url), self.base)
+            if next_url is None:
                 raise _Failure("off-base-next", "was only partly retrieved: the FHIR server pointed to further "
                                                 "results on another server, which the service does not contact")
             if pages >= self.settings.max_pages:
@@ -304,18 +307,10 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
     return None
 
 
-def _same_base(url: str, base: str) -> bool:
-    """Whether `url` lies under `base`: same scheme, host and port, and a path below the base path."""
-    try:
-        u, b = urlsplit(url), urlsplit(base)
-        same_origin = (u.scheme.lower(), u.hostname, _port(u)) == (b.scheme.lower(), b.hostname, _port(b))
-    except ValueError:  # an unparsable port
-        return False
-    return same_origin and (u.path.rstrip("/") + "/").startswith(b.path.rstrip("/") + "/")
-
-
-def _port(parts: Any) -> int | None:
-    return parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+def _under_base(url: str, base: str) -> str | None:
+    """The URL as it will be fetched (urls.py's one spelling) if it lies under `base`, else None."""
+    parts, root = urls.normalise(url), urls.normalise(base)
+    return str(parts) if parts is not None and root is not None and parts.under(root) else None
 
 
 def _classify(error: requests.RequestException, too_slow: str) -> _Failure:

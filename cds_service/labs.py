@@ -25,6 +25,8 @@ from .units import UnknownUnit, Units
 IGNORED_STATUS = {"entered-in-error", "cancelled", "registered"}
 FINAL_STATUS = {"final", "amended", "corrected"}  # a result any other status (preliminary) never outranks
 READINGS_KEPT = 4096  # a few hundred patients' results: a few MB at most
+REMEMBERED_CHARS = 16 * 1024  # a longer result (real ones are ~1 kB) is read, not remembered: 4096 results
+# of megabytes each, sent on purpose, would otherwise fill a worker's memory
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,9 @@ class LabReader:
             return None
         if coded.problem:
             return Unreadable(coded.analyte, None, coded.problem, "is coded under an unknown code system")
-        return self._read_text(json.dumps(resource, separators=(",", ":")), coded.analyte)
+        text = json.dumps(resource, separators=(",", ":"))
+        read = self._read_text if len(text) <= REMEMBERED_CHARS else self._read_text_uncached
+        return read(text, coded.analyte)
 
     def _read_text_uncached(self, text: str, analyte: str) -> LabResult | Unreadable:
         try:

@@ -112,10 +112,13 @@ class NoPatientData(Exception):
 
 
 def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher | None,
-           fhir_server_allowed: Callable[[str], bool] | None = None) -> PatientRecord:
-    """The patient's record from prefetch, fetching what is missing; `fhir_server_allowed` says which FHIR
-    servers the caller may have the service fetch from (it sends them the EHR's access token). Only a
-    fetch is refused: a complete prefetch is used whatever fhirServer names."""
+           fhir_server_allowed: Callable[[str], bool] | None = None, room: int | None = None) -> PatientRecord:
+    """The patient's record from the prefetch, and from fhirServer for what is missing.
+
+    `fhir_server_allowed` says which FHIR servers the caller may have the service fetch from (it sends
+    them the EHR's access token): only a fetch is refused, a complete prefetch is used whatever fhirServer
+    names. `room` is how many more resources the service reads than the request already carries: a
+    fetched answer past it is not read but becomes a gap, as the request itself would have been refused."""
     record = PatientRecord(request.context["patientId"])
     wanted: dict[str, str] = {}
     for key, template in declared.items():
@@ -132,7 +135,7 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
                 wanted[key] = query
                 record.gaps[key] = problem
     if wanted:
-        _fetch(request, wanted, fetcher, record, fhir_server_allowed)
+        _fetch(request, wanted, fetcher, record, fhir_server_allowed, room)
     if not record.had_data and not record.asked_server and not record.fetch_refused:
         raise NoPatientData("no prefetch data and no FHIR server access to fetch it")
     _fetch_medications(request, fetcher, record, fhir_server_allowed)
@@ -142,7 +145,7 @@ def gather(request: HookRequest, declared: Mapping[str, str], fetcher: Fetcher |
 
 
 def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None, record: PatientRecord,
-           fhir_server_allowed: Callable[[str], bool] | None) -> None:
+           fhir_server_allowed: Callable[[str], bool] | None, room: int | None) -> None:
     if fetcher is None or not request.fhirServer:
         for key in wanted:
             record.gaps[key] += " and the service has no FHIR server to fetch it from"
@@ -160,6 +163,13 @@ def _fetch(request: HookRequest, wanted: dict[str, str], fetcher: Fetcher | None
         return
     record.asked_server = True
     for key, outcome in outcomes.items():
+        if room is not None:
+            count = resource_count(outcome.partial if isinstance(outcome, FetchFailed) else outcome)
+            if count > room:
+                record.gaps[key] = f"could not be used: the FHIR server's answer held more resources ({count}) " \
+                                   "than the service reads in one call"
+                continue
+            room -= count
         if isinstance(outcome, FetchFailed):
             record.gaps[key] = str(outcome)
             record.add(resources_in(outcome.partial))
@@ -252,6 +262,29 @@ def _only_errors(bundle: dict[str, Any]) -> bool:
         isinstance(r, dict) and r.get("resourceType") == "OperationOutcome"
         and any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in r.get("issue") or ())
         for r in entries)
+
+
+def resource_count(value: Any) -> int:
+    """How many resources a prefetch value holds, counted without reading them: every entry of a Bundle
+    and of every Bundle inside it at any depth, every contained resource, wrappers ({"resource": ...})
+    looked through. The outer Bundle is a search result or a list of orders, not a resource the rules read."""
+    while isinstance(value, dict) and "resourceType" not in value and isinstance(value.get("resource"), dict):
+        value = value["resource"]
+    count = -1 if isinstance(value, dict) and value.get("resourceType") == "Bundle" else 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, dict):
+            continue
+        if "resourceType" not in item and isinstance(item.get("resource"), dict):
+            pending.append(item["resource"])
+            continue
+        count += 1
+        for part in ("entry", "contained"):
+            children = item.get(part)
+            if isinstance(children, list):
+                pending += children
+    return count
 
 
 def resources_in(value: Any) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import cards, hooks, observability, prefetch, rulebook
+from . import cards, deadline, hooks, observability, prefetch, rulebook
 from .anchors import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
 from .engine import Engine, Finding
 from .facts import FactBuilder, foreign_fact, record_gap, unknown_system
@@ -17,6 +17,7 @@ from .rulebook import Rulebook
 log = logging.getLogger(__name__)
 ORDER_TYPES = {"MedicationRequest", "MedicationOrder"}
 SKIPPED_STATUS = {"entered-in-error", "cancelled", "revoked"}
+FACTS_PER_SUBJECT = 20  # see _bounded
 Clock = Callable[[], datetime]
 
 
@@ -61,10 +62,12 @@ class Orders:
 
 class CdsService:
     def __init__(self, book: Rulebook, fetcher: prefetch.Fetcher | None = None, clock: Clock = utc_now,
-                 max_resources: int = 5000) -> None:
+                 max_resources: int = 5000, max_draft_orders: int = 50, budget_seconds: float | None = None) -> None:
         self.fetcher = fetcher
         self.clock = clock
         self.max_resources = max_resources
+        self.max_draft_orders = max_draft_orders
+        self.budget_seconds = budget_seconds  # a call's deadline (deadline.py); None: none
         self._ruleset = Ruleset.build(book)
         self._reload_lock = threading.Lock()
 
@@ -93,25 +96,32 @@ class CdsService:
 
     def call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None = None
              ) -> dict[str, Any]:
-        """The response body for a hook call; raises InvalidRequest, UnknownService or PreconditionFailed.
+        """The response body for a hook call; raises InvalidRequest, UnknownService, PreconditionFailed or
+        deadline.DeadlineExceeded (the call ran past its budget).
 
         `fhir_server_allowed` says which FHIR servers the authenticated caller may have the service fetch
         from: the EHR's access token is sent to fhirServer, so a caller must not be able to point it anywhere
         the service reaches. A fetch it refuses is a data-unavailable card saying why, never a 412.
         """
+        with deadline.budget(self.budget_seconds):
+            return self._call(service_id, body, fhir_server_allowed)
+
+    def _call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None) -> dict[str, Any]:
         rules = self._ruleset  # one consistent set for the whole call, even if a reload happens meanwhile
         service = rules.services.get(service_id)
         if service is None:
             raise UnknownService(service_id)
         request = hooks.parse(body, service)
-        _check_size(request, self.max_resources)
+        carried = _check_size(request, self.max_resources, self.max_draft_orders)
         orders = self._orders(rules, request) if request.hook != "patient-view" else None
         if orders is not None and not orders.drugs and not orders.vaccines:
             return {"cards": []}
         try:
-            record = prefetch.gather(request, service.prefetch, self.fetcher, fhir_server_allowed)
+            record = prefetch.gather(request, service.prefetch, self.fetcher, fhir_server_allowed,
+                                     self.max_resources - carried)
         except (prefetch.NoPatientData, prefetch.AccessRefused) as e:
             raise PreconditionFailed(str(e)) from None
+        deadline.check()
         with observability.EVALUATION_SECONDS.time():
             findings = self._evaluate(rules, request, orders, record)
         return {"cards": cards.build(findings, rules.book, request.hookInstance, request.context["patientId"])}
@@ -129,13 +139,12 @@ class CdsService:
             return rules.engine.evaluate(anchor, facts) if anchor else []
         reactions = [f for f in facts if f["kind"] == "reaction"]
         history_known = not {"administrations", "statements"} & set(record.gaps)
-        findings: list[Finding] = []
+        draft_groups = rules.anchors.draft_groups(drafts, bundle, orders.drugs)  # once per call, not per order
+        anchors = []
         for drug in orders.drugs:
-            anchor = rules.anchors.order(drug, request.hook, doses, drafts, bundle, reactions, history_known, now)
-            findings += rules.engine.evaluate(anchor, facts)
-        for vaccine in orders.vaccines:
-            findings += rules.engine.evaluate(vaccine, facts)
-        return findings
+            deadline.check()
+            anchors.append(rules.anchors.order(drug, request.hook, doses, draft_groups, reactions, history_known, now))
+        return rules.engine.evaluate_each(anchors + orders.vaccines, facts)
 
     def _orders(self, rules: Ruleset, request: hooks.HookRequest) -> Orders:
         """Draft orders, and among them the ones to check: the selections (order-select) or all (order-sign)."""
@@ -182,7 +191,24 @@ def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders
                                     unknown_system(drug.match.text, drug.match.unknown_system)
                                     + f": it was taken to be {drug.product.data['short']} by that code alone",
                                     "is coded under an unknown code system"))
-    return facts
+    return _bounded(facts)
+
+
+def _bounded(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At most FACTS_PER_SUBJECT facts of one kind about one subject (an analyte, a drug group, a problem
+    group), the most recent ones: every fact is matched against every order, and a record can hold
+    thousands of them that each differ a little (5000 results in 5000 made-up units). Rules ask whether
+    such a fact exists, or exists recently enough, which the most recent ones answer. Lab results are
+    already bounded where they are read (facts.py), so they are left as they are."""
+    by_subject: dict[tuple[str, Any], list[int]] = {}
+    for n, fact in enumerate(facts):
+        if fact["kind"] != "lab":
+            subject = (fact.get("analyte") or fact.get("group") or fact.get("live") or fact.get("substance")
+                       or fact.get("product"))
+            by_subject.setdefault((fact["kind"], subject), []).append(n)
+    dropped = {n for numbers in by_subject.values()
+               for n in sorted(numbers, key=lambda n: facts[n].get("age_days", 0))[FACTS_PER_SUBJECT:]}
+    return [fact for n, fact in enumerate(facts) if n not in dropped]
 
 
 def _selected(resource: dict[str, Any], selections: set[str]) -> bool:
@@ -190,21 +216,19 @@ def _selected(resource: dict[str, Any], selections: set[str]) -> bool:
     return f"{resource.get('resourceType')}/{resource.get('id')}" in selections or resource.get("id") in selections
 
 
-def _check_size(request: hooks.HookRequest, limit: int) -> None:
-    """Refuse, before any work, a request bringing more resources than the service reads: the caller picks
-    how many it sends, and reading each one takes time every other caller waits for."""
-    values = [request.context.get("draftOrders"), *(request.prefetch or {}).values()]
-    count = sum(_size(value) for value in values)
+def _check_size(request: hooks.HookRequest, limit: int, max_draft_orders: int) -> int:
+    """Refuse, before any work, a request bringing more resources or draft orders than the service reads:
+    the caller picks how many it sends, and reading each one takes time every other caller waits for.
+    Returns how many resources the request carries, which fetched ones then add to."""
+    draft_orders = request.context.get("draftOrders")
+    count = sum(prefetch.resource_count(value) for value in (draft_orders, *(request.prefetch or {}).values()))
     if count > limit:
         raise hooks.InvalidRequest(f"the request carries {count} FHIR resources; this service reads at most {limit}")
-
-
-def _size(value: Any) -> int:
-    """How many resources a context or prefetch value holds, counted without reading them."""
-    if not isinstance(value, dict):
-        return 0
-    entries = value.get("entry")
-    return len(entries) if isinstance(entries, list) else 1
+    drafts = len(prefetch.resources_in(draft_orders))
+    if drafts > max_draft_orders:
+        raise hooks.InvalidRequest(f"context.draftOrders holds {drafts} orders; this service checks at most "
+                                   f"{max_draft_orders} draft orders in one call")
+    return count
 
 
 def _index(bundle: Any, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

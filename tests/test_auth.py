@@ -114,6 +114,9 @@ def test_missing_or_malformed_authorization_is_refused(app_client, authorization
     pytest.param({"iat": None}, id="no-iat"),
     pytest.param({"aud": None}, id="no-aud"),
     pytest.param({"exp": "tomorrow"}, id="exp-not-a-number"),
+    pytest.param({"iat": "today"}, id="iat-not-a-number"),
+    pytest.param({"nbf": "tomorrow"}, id="nbf-not-a-number"),
+    pytest.param({"nbf": True}, id="nbf-a-boolean"),
 ])
 def test_a_token_with_one_claim_wrong_is_refused(app_client, ehr, claims):
     _assert_refused(app_client.get(DISCOVERY, headers=ehr.header(DISCOVERY, **claims)))

@@ -166,9 +166,9 @@ def engine_inputs(book, bodies) -> list[tuple[dict[str, Any], list[dict[str, Any
     """What the service hands the engine for each body: real facts from the FHIR, recorded on the way."""
     seen: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
     with pytest.MonkeyPatch.context() as patch:
-        evaluate = Engine.evaluate
-        patch.setattr(Engine, "evaluate", lambda self, anchor, record: seen.append((anchor, record))
-                      or evaluate(self, anchor, record))
+        evaluate_each = Engine.evaluate_each
+        patch.setattr(Engine, "evaluate_each", lambda self, anchors, record: seen.extend((a, record) for a in anchors)
+                      or evaluate_each(self, anchors, record))
         service = CdsService(book, clock=lambda: NOW)
         for service_id, body in bodies.values():
             service.call(service_id, body)
@@ -205,3 +205,12 @@ def test_remembered_findings_are_the_findings_of_a_fresh_evaluation(book, engine
             findings = remembering.evaluate(anchor, record)
             assert findings == fresh.evaluate(anchor, record)
             cards.build(findings, book, "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea", "patient-1")
+
+
+def test_orders_asked_about_together_get_the_findings_each_gets_alone(book, engine_inputs):
+    """A call's orders share one assertion of the record (its cost is linear in the orders): each order's
+    findings are the ones it gets when evaluated on its own, whatever orders come with it."""
+    together, alone = Engine(book, remembered=0), Engine(book, remembered=0)
+    anchors = [anchor for anchor, _ in engine_inputs]
+    for _, record in engine_inputs:
+        assert together.evaluate_each(anchors, record) == [f for a in anchors for f in alone.evaluate(a, record)]

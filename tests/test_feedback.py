@@ -93,6 +93,13 @@ def issued_card(card_uuid: str, rule_id: str, indicator: str) -> dict[str, Any]:
     return {"uuid": card_uuid, "indicator": indicator, "source": {"topic": {"code": rule_id}}}
 
 
+def issue(store: Store, *card_uuids: str) -> None:
+    """Record cards with these uuids as issued by the order-sign service: feedback is kept only for those."""
+    store.record_cards("cd20-order-sign", "order-sign", "patient-1",
+                       [issued_card(c, "igg-missing", "warning") for c in card_uuids])
+    assert store.flush(30)
+
+
 def table(store: Store, model: type) -> list[Any]:
     """The table's rows, once the issued cards queued so far are written."""
     assert store.flush(30)
@@ -187,6 +194,7 @@ def test_the_spec_and_sandbox_feedback_examples_are_stored(http, store):
     names = ["spec-2.0/feedback-accepted.json", "spec-2.0/feedback-overridden-no-reason.json",
              "spec-2.0/feedback-overridden-with-reason.json", "sandbox/observed/feedback-accepted.json",
              "sandbox/observed/feedback-overridden.json"]
+    issue(store, *{item["card"] for name in names for item in load_json(CDS_HOOKS_EXAMPLES / name)["feedback"]})
     for name in names:
         response = http.post(FEEDBACK, data=(CDS_HOOKS_EXAMPLES / name).read_bytes(), content_type="application/json")
         assert (response.status_code, response.get_json()) == (200, {}), name
@@ -201,7 +209,31 @@ def test_the_spec_and_sandbox_feedback_examples_are_stored(http, store):
     assert sandbox.outcome_at == datetime(2026, 11, 21, 19, 18, 9, 735000, tzinfo=UTC)
 
 
+def test_feedback_about_cards_never_issued_is_answered_and_not_stored(http, store):
+    _, response = hook_call(http, "hbv-screening-missing--first-dose.json")
+    issued = card(response, "hbv-screening-missing")["uuid"]
+    body = {"feedback": [overridden(issued)] + [overridden(f"made-up-{n}") for n in range(50)]}
+    answer = http.post(FEEDBACK, json=body)
+    assert (answer.status_code, answer.get_json()) == (200, {})
+    other_service = http.post("/cds-services/cd20-order-select/feedback", json={"feedback": [overridden(issued)]})
+    assert other_service.status_code == 200  # a card of the order-sign service is not one of order-select's
+    assert [(row.card_uuid, row.service_id) for row in table(store, Feedback)] == [(issued, "cd20-order-sign")]
+
+
+def test_feedback_posts_are_bounded_in_items_and_size(http, store):
+    many = http.post(FEEDBACK, json={"feedback": [overridden(f"card-{n}") for n in range(101)]})
+    assert many.status_code == 400 and "at most 100 items" in many.get_json()["error"]
+    comment = "x" * 4000
+    large = http.post(FEEDBACK, json={"feedback": [overridden(f"card-{n}", comment=comment) for n in range(80)]})
+    assert large.status_code == 413 and large.get_json()["status"] == 413
+    issue(store, *(f"card-{n}" for n in range(100)))
+    within = http.post(FEEDBACK, json={"feedback": [overridden(f"card-{n}", comment="y" * 2000) for n in range(100)]})
+    assert within.status_code == 200
+    assert len(table(store, Feedback)) == 100
+
+
 def test_a_retried_feedback_is_stored_once(http, store):
+    issue(store, "card-1")
     twice = {"feedback": [overridden("card-1", "2026-11-21T12:05:00Z")] * 2}
     for _ in range(3):
         assert http.post(FEEDBACK, json=twice).status_code == 200
@@ -214,6 +246,7 @@ def test_a_retried_feedback_is_stored_once(http, store):
 
 
 def test_free_text_that_a_database_cannot_hold_is_cleaned_not_refused(http, store):
+    issue(store, "c1")
     raw = ('{"feedback": [{"card": "c1", "outcome": "overridden", "outcomeTimestamp": "2026-11-21T12:05:00Z", '
            '"overrideReason": {"reason": {"code": "other", "display": "%s"}, "userComment": "a\\u0000b\\ud800c"}}]}'
            % ("d" * 300))
@@ -293,6 +326,7 @@ def test_while_the_store_is_down_feedback_gets_503_and_hook_calls_still_get_card
     store = Store(StoreSettings(database_url=quick, patient_hash_key=KEY.encode()))
     http = create_app(service, Settings(auth="off"), store=store).test_client()
     store.upgrade()
+    issue(store, "card-during-outage")
     body = {"feedback": [overridden("card-during-outage")]}
     before = unrecorded(http)
     with outage(request, database_url):
@@ -354,7 +388,7 @@ def test_the_report_counts_a_chosen_period_with_the_top_override_reasons(databas
               "acceptedSuggestions": [{"id": "s"}]},  # the card's latest fate counts
              overridden("igg-march", stamp(march)), overridden("not-ours", stamp(march)),
              overridden("igg-may", stamp(may))]
-    store.save_feedback("cd20-order-sign", feedback_body.parse({"feedback": items}))
+    assert store.save_feedback("cd20-order-sign", feedback_body.parse({"feedback": items})) == len(items) - 1
     store.close()
     code, out = run_cli(monkeypatch, capsys, database_url, "report", "--since", "2026-03-01", "--until", "2026-03-31")
     assert code == 0, out
@@ -363,8 +397,7 @@ def test_the_report_counts_a_chosen_period_with_the_top_override_reasons(databas
         ("hbv-screening-missing", "critical"): ["4", "5", "1", "3", "75%",
                                                 "result-elsewhere (2), Reviewed with a specialist (1)"],
         ("igg-missing", "warning"): ["1", "1", "0", "1", "100%", "-"],
-        ("(card not on record)", "-"): ["0", "1", "0", "1", "100%", "-"],
-    }
+    }  # "not-ours" was never issued: its feedback was not stored
     code, out = run_cli(monkeypatch, capsys, database_url, "report", "--since", "March")
     assert code == 2 and "'March' is neither a date" in out
 
@@ -391,6 +424,11 @@ def test_the_admin_report_needs_the_token_and_shows_no_patient_data(http, store)
     assert patient not in html and patient_hash not in html and "Mrs Example" not in html
     bad = http.get("/admin/report?since=soon", headers={"Authorization": f"Bearer {TOKEN}"})
     assert bad.status_code == 400 and "since" in bad.get_json()["error"]
+    for query, said in (("since=0001-01-01&until=9999-12-31", "end of the calendar"),
+                        ("since=0001-01-01&until=0001-01-02", "must lie between"),
+                        ("until=0001-01-01", "too early"), ("since=2000-01-01&until=2026-01-01", "at most 3660 days")):
+        bad = http.get(f"/admin/report?{query}", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bad.status_code == 400 and said in bad.get_json()["error"], query
 
 
 def test_without_an_admin_token_the_report_is_off_in_production_and_open_in_development(service, database_url):

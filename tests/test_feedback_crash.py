@@ -4,7 +4,6 @@ in the database, and the EHR's retries of them are not stored twice; and a grace
 On SQLite and on PostgreSQL."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ FEEDBACK = "/cds-services/cd20-order-sign/feedback"
 SIGN = "/cds-services/cd20-order-sign"
 POSTERS = 6
 KILL_AFTER = 60  # acknowledged feedback before the kill
+CARDS_PER_POSTER = 1000  # far more than a poster gets through before the kill
 
 
 def free_port() -> int:
@@ -79,11 +79,25 @@ def feedback(card: str) -> dict:
     return {"feedback": [{"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-11-21T12:00:00Z"}]}
 
 
+def poster_card(poster: int, i: int) -> str:
+    return f"poster-{poster}-card-{i}"
+
+
+def issue_poster_cards(database_url: str) -> None:
+    """The cards the posters give feedback on, on record as issued (feedback about others is not kept)."""
+    store = Store(StoreSettings(database_url=database_url, patient_hash_key=b"k" * 32))
+    cards = [{"uuid": poster_card(p, i), "indicator": "warning", "source": {"topic": {"code": "igg-missing"}}}
+             for p in range(POSTERS) for i in range(CARDS_PER_POSTER)]
+    store.record_cards("cd20-order-sign", "order-sign", "patient-1", cards)
+    assert store.flush(30)
+    store.close()
+
+
 def post_until_refused(base: str, poster: int, acknowledged: list[str]) -> None:
     """One EHR connection posting feedback until the service is gone; notes each card answered 200."""
     with requests.Session() as session:
-        for i in itertools.count():
-            card = f"poster-{poster}-card-{i}"
+        for i in range(CARDS_PER_POSTER):
+            card = poster_card(poster, i)
             try:
                 response = session.post(base + FEEDBACK, json=feedback(card), timeout=10)
             except requests.RequestException:
@@ -119,6 +133,7 @@ def signal_under_load(process: subprocess.Popen, clients: list[threading.Thread]
 
 def test_every_feedback_answered_200_survives_a_kill_of_the_service(database_url, tmp_path):
     acknowledged: list[str] = []
+    issue_poster_cards(database_url)
     with serving(database_url, tmp_path, "first") as (base, process):
         posters = [threading.Thread(target=post_until_refused, args=(base, n, acknowledged)) for n in range(POSTERS)]
         signal_under_load(process, posters, acknowledged, signal.SIGKILL)

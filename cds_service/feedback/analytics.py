@@ -18,6 +18,8 @@ from .models import Feedback, IssuedCard
 from .store import Store
 
 DEFAULT_DAYS = 90
+MAX_DAYS = 3660  # about ten years: the report has a bar per week, and the store keeps a year by default
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(3000, 1, 1, tzinfo=timezone.utc)
 UNRECORDED = "(card not on record)"  # feedback about a card whose issue was not recorded, or was pruned
 
 
@@ -34,9 +36,16 @@ class Period:
     def parse(cls, since: str | None, until: str | None, now: datetime) -> "Period":
         """Dates are UTC days, both ends included; times are ISO 8601 (UTC when no zone is given)."""
         end = _moment(until, "until", end_of_day=True) if until else now
-        start = _moment(since, "since", end_of_day=False) if since else end - timedelta(days=DEFAULT_DAYS)
+        try:
+            start = _moment(since, "since", end_of_day=False) if since else end - timedelta(days=DEFAULT_DAYS)
+        except OverflowError:  # 90 days before the first day there is
+            raise BadPeriod("until is too early") from None
         if start >= end:
             raise BadPeriod("since must be before until")
+        if start < EARLIEST or end > LATEST:
+            raise BadPeriod(f"since and until must lie between {EARLIEST.date()} and {LATEST.date()}")
+        if end - start > timedelta(days=MAX_DAYS):
+            raise BadPeriod(f"the period may cover at most {MAX_DAYS} days")
         return cls(start, end)
 
 
@@ -169,6 +178,8 @@ def _moment(text: str, name: str, end_of_day: bool) -> datetime:
             day = date.fromisoformat(text) + timedelta(days=1 if end_of_day else 0)
             return datetime.combine(day, time(), timezone.utc)
         moment = datetime.fromisoformat(text)
+        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
     except ValueError:
         raise BadPeriod(f"{name}: {text[:40]!r} is neither a date (2026-11-21) nor an ISO 8601 time") from None
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    except OverflowError:  # the day after 9999-12-31, or a zone that takes a time past either end
+        raise BadPeriod(f"{name}: {text[:40]!r} is at the very end of the calendar") from None

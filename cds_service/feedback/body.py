@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError, model_validator
 
 MAX_ID = 255  # card uuids, suggestion ids and codes: identifiers, never prose
+MAX_ITEMS = 100  # feedback items in one POST: a clinician acts on a few cards at a time
+MAX_BYTES = 256 * 1024  # a POST's body: MAX_ITEMS items with long comments fit
 MAX_DISPLAY = 255
 MAX_COMMENT = 4000
 
@@ -101,6 +103,8 @@ def parse(body: Any) -> list[FeedbackItem]:
     """The feedback items of a POST body, or InvalidFeedback saying what is wrong."""
     if not isinstance(body, dict):
         raise InvalidFeedback("the feedback body must be a JSON object with a 'feedback' list")
+    if isinstance(body.get("feedback"), list) and len(body["feedback"]) > MAX_ITEMS:
+        raise InvalidFeedback(f"feedback: at most {MAX_ITEMS} items in one POST, not {len(body['feedback'])}")
     try:
         parsed = _Body.model_validate(body)
     except ValidationError as e:

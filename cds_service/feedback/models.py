@@ -1,8 +1,8 @@
 """The tables: cards this service issued, what clinicians did with them (feedback), and the EHR token
 ids already accepted (the JWT replay cache every worker and instance shares).
 
-Feedback is not a foreign key to issued cards on purpose: recording a card is best effort (it must never
-fail a hook call), and feedback about a card that was not recorded is still evidence worth keeping.
+Feedback is stored only about cards on record as issued when it arrives (store.save_feedback), but it is
+not a foreign key to them: the two are pruned on their own dates, so a card may go before its feedback.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from prometheus_client import Counter
-from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, inspect, text
+from sqlalchemy import Connection, Engine, Table, create_engine, delete, event, inspect, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
@@ -40,6 +40,7 @@ UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 # Lock waits fail fast so a hook call never hangs on the store; reports may take longer.
 PG_OPTIONS = "-c TimeZone=UTC -c lock_timeout=2000 -c statement_timeout=30000"
 SQLITE_BUSY_TIMEOUT_S = 5.0
+ISSUED_WAIT_S = 1.0  # feedback about a card not on record waits this long for queued issued cards
 Clock = Callable[[], datetime]
 UNRECORDED = Counter("cds_issued_cards_unrecorded_total",
                      "Hook calls whose cards could not be recorded in the feedback store (cards were still sent)",
@@ -136,13 +137,21 @@ class Store:
             for service_id, rows in calls:
                 _unrecorded(service_id, len(rows), type(e).__name__)
 
-    def save_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> None:
-        """Store a POST's feedback in one transaction; items already stored (a retry) are skipped."""
+    def save_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
+        """Store a POST's feedback about cards this service issued, in one transaction; returns how many
+        items that was. Items already stored (a retry) are skipped. Items about cards it has no record of
+        issuing (never issued, pruned, or not recorded) are not stored: anyone who can post feedback could
+        otherwise fill the database and the report with cards that never existed, and CDS Hooks lets a
+        service ignore feedback."""
         received = self.clock()
-        rows = list({(i.card, i.outcome, i.outcome_at): _feedback_row(service_id, i, received) for i in items}.values())
-        if rows:
+        cards = {item.card for item in items}
+        with self.transaction() as connection:
+            known = _save_known(connection, service_id, items, received)
+        if known != cards:  # a card issued a moment ago may still be queued for writing (writer.py)
+            self.flush(ISSUED_WAIT_S)
             with self.transaction() as connection:
-                _insert_new(connection, Feedback.__table__, rows)
+                known = _save_known(connection, service_id, items, received)
+        return sum(item.card in known for item in items)
 
     def prune(self) -> tuple[datetime, int, int]:
         """Delete cards and feedback older than the retention period: (cutoff, cards, feedback) deleted."""
@@ -187,6 +196,19 @@ def _feedback_row(service_id: str, item: FeedbackItem, received: datetime) -> di
             "reason_system": reason.system if reason else None, "reason_code": reason.code if reason else None,
             "reason_display": reason.display if reason else None, "user_comment": item.comment,
             "received_at": received}
+
+
+def _save_known(connection: Connection, service_id: str, items: Sequence[FeedbackItem], received: datetime
+                ) -> set[str]:
+    """Insert the items about cards on record as issued by this service; returns those cards."""
+    cards = {item.card for item in items}
+    known = set(connection.execute(select(IssuedCard.card_uuid).where(
+        IssuedCard.service_id == service_id, IssuedCard.card_uuid.in_(cards))).scalars()) if cards else set()
+    rows = list({(i.card, i.outcome, i.outcome_at): _feedback_row(service_id, i, received)
+                 for i in items if i.card in known}.values())
+    if rows:
+        _insert_new(connection, Feedback.__table__, rows)
+    return known
 
 
 def _insert_new(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
