@@ -12,7 +12,7 @@ $(BIN)/cds-service: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,replay]'
 	@touch $@
 
 run: $(BIN)/cds-service
@@ -38,7 +38,7 @@ container-test: $(BIN)/cds-service
 		tests/test_compose_lab.py $(PYTEST_ARGS)
 
 bench: $(BIN)/cds-service
-	@status=0; for script in bench fetch_bench load_bench; do \
+	@status=0; for script in bench fetch_bench load_bench replay_bench; do \
 		echo "== bench/$$script.py"; $(BIN)/python bench/$$script.py || status=1; echo; \
 	done; exit $$status
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from flask import Flask, Response, g, jsonify, request
@@ -99,7 +100,8 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
         try:
             body = jsonbody.loads(_body(settings.max_body_bytes), settings.max_json_depth)
             caller = g.get("caller")
-            result = service.call(service_id, body, caller.issuer.allows_fhir_server if caller else None)
+            silent: list[dict[str, Any]] = []  # cards of rules in shadow mode: recorded, never sent
+            result = service.call(service_id, body, caller.issuer.allows_fhir_server if caller else None, silent)
         except (jsonbody.BadJson, InvalidRequest) as e:
             return _error(400, str(e))
         except UnknownService:
@@ -110,9 +112,11 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             log.warning("hook call stopped at its deadline", extra={"fields": {"service": service_id}})
             return _unavailable(f"the checks did not finish within {settings.call_budget_seconds:g} s, so no "
                                 "cards are given (a partial set could hide a warning); send the call again")
-        g.log_fields = {"service": service_id, "cards": [c["source"]["topic"]["code"] for c in result["cards"]]}
+        g.log_fields = {"service": service_id, "cards": [c["source"]["topic"]["code"] for c in result["cards"]],
+                        "silent": [c["source"]["topic"]["code"] for c in silent]}
         observability.count_cards(result["cards"])
-        store.record_cards(service_id, service.services[service_id].hook, body["context"]["patientId"], result["cards"])
+        store.record_cards(service_id, service.services[service_id].hook, body["context"]["patientId"], result["cards"],
+                           silent=silent, hook_instance=body["hookInstance"])
         return jsonify(result)
 
     @app.post("/cds-services/<service_id>/feedback")

@@ -1,5 +1,6 @@
-"""`cds-service serve | evaluate | db | report`: the production server, one request through the same code
-path, and the feedback database with its override report."""
+"""`cds-service serve | evaluate | rules | db | report | replay`: the production server, one request
+through the same code path, the rule catalogue, the feedback database with its report, and the replay
+of a whole population's export."""
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
 from .feedback.store import open_for_serving
 from .hooks import InvalidRequest
+from .population import command as replay_command
 from .service import CdsService, PreconditionFailed, UnknownService
 
 log = logging.getLogger("cds_service")
@@ -39,14 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     rules = commands.add_parser("rules", help="print the rule catalogue (with site overrides applied)")
     rules.add_argument("--markdown", action="store_true", help="as Markdown, for a P&T committee")
     feedback_commands.add_commands(commands)
+    replay_command.add_command(commands)
     args = parser.parse_args(argv)
-    logs.setup(os.environ.get("CDS_LOG_LEVEL", "WARNING" if args.command == "evaluate" else "INFO"))
+    logs.setup(os.environ.get("CDS_LOG_LEVEL", "WARNING" if args.command in ("evaluate", "replay") else "INFO"))
     if args.command == "serve":
         return _serve(args)
     if args.command == "rules":
         return _rules(args)
     if args.command in feedback_commands.COMMANDS:
         return feedback_commands.run(args)
+    if args.command == "replay":
+        return replay_command.run(args)
     return _evaluate(args)
 
 
@@ -72,6 +77,9 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("CORS: any web page may call this service (CDS_CORS_ORIGINS=*, development mode only)")
     if settings.frozen_now:
         log.warning("CLOCK FROZEN by CDS_NOW: every 'recent' check uses a fixed time")
+    shadow = [*sorted(book.shadow_services), *(r.id for r in book.rules.values() if r.shadow)]
+    if shadow:
+        log.warning("SHADOW MODE: cards of %s are recorded as silent and never shown", ", ".join(shadow))
     run(args.host, args.port, args.workers, args.threads, book)
     return 0
 

@@ -18,6 +18,7 @@ PREFETCH_KEYS = {
                    "immunizations"),
     "patient-view": ("patient", "labs", "administrations", "statements", "medications"),
 }
+SERVICE_IDS = ("cd20-order-select", "cd20-order-sign", "cd20-patient-view")  # as services() defines them
 
 
 class InvalidRequest(ValueError):

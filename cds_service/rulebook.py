@@ -3,8 +3,9 @@
 Rules are written in a small pattern language (see the head of rules/rules.yaml) and compiled here into
 durable-rules JSON, so that clinicians review YAML and the engine still gets its native form. Families
 (rules about one clinical problem, which give one card) are data there too. A site's overrides
-(CDS_RULES_OVERRIDES) change thresholds, product regimens and rule indicators, or disable rules; every
-key they name must exist, so a typo stops start-up instead of silently changing nothing.
+(CDS_RULES_OVERRIDES) change thresholds, product regimens and rule indicators, disable rules, or put rules
+or whole services in shadow mode (as does CDS_SHADOW); every key they name must exist, so a typo stops
+start-up instead of silently changing nothing.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .hooks import SERVICE_IDS
 
 DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
@@ -47,6 +50,7 @@ class Rule:
     orderables: tuple[dict[str, str], ...] = ()
     summary_many: str | None = None
     section: str = ""  # which part of the source, e.g. "§2.1, §4"
+    shadow: bool = False  # shadow mode: its cards are recorded as silent, never shown (see shadow.py)
     sections: dict[str, str] = field(default_factory=dict, compare=False)  # per label source, for `product`
 
     def section_in(self, source: str) -> str:
@@ -64,6 +68,7 @@ class Rulebook:
     rules: dict[str, Rule]
     ruleset: dict[str, Any] = field(repr=False)  # durable-rules JSON definition
     families: dict[str, tuple[str, ...]] = field(default_factory=dict)  # name -> rule ids, first wins a tie
+    shadow_services: frozenset[str] = frozenset()  # services whose every card is silent
 
     @cached_property
     def variants(self) -> dict[str, Variant]:
@@ -77,6 +82,10 @@ class Rulebook:
             found.update(dict.fromkeys(members, members))
         return found
 
+    def silent(self, service_id: str, rule_id: str) -> bool:
+        """Whether this rule's card, on this service, is recorded without being shown (shadow mode)."""
+        return service_id in self.shadow_services or self.rules[rule_id].shadow
+
 
 def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebook:
     """Load rules/ and a site's overrides into a Rulebook; RulebookError on any inconsistency."""
@@ -86,7 +95,7 @@ def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebo
     data = _read(rules_dir / "rules.yaml")
     overrides = overrides or os.environ.get("CDS_RULES_OVERRIDES")
     site = _read(Path(overrides)) if overrides else {}
-    _check_keys(site, {"thresholds", "products", "rules"}, "overrides")
+    _check_keys(site, {"thresholds", "products", "rules", "services"}, "overrides")
     thresholds = _merge(thresholds, site.get("thresholds", {}), "thresholds")
     products = _merge(products, site.get("products", {}), "products")
     rule_overrides = site.get("rules", {})
@@ -95,11 +104,12 @@ def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebo
         where = f"overrides: rules.{rule_id}"
         if rule_id not in known:
             raise RulebookError(f"{where}: no such rule")
-        _check_keys(change, {"enabled", "indicator"}, where)
-        if "enabled" in change and not isinstance(change["enabled"], bool):
-            raise RulebookError(f"{where}.enabled: expected true or false, got {change['enabled']!r}")
+        _check_keys(change, {"enabled", "indicator", "shadow"}, where)
+        _check_flags(change, ("enabled", "shadow"), where)
         if "indicator" in change and change["indicator"] not in INDICATOR_RANK:
             raise RulebookError(f"{where}.indicator: expected info, warning or critical, got {change['indicator']!r}")
+    shadow_rules, shadow_services = _shadow(site.get("services", {}), rule_overrides, known,
+                                            os.environ.get("CDS_SHADOW", ""))
     valuesets = _read(rules_dir / "valuesets.yaml")
     sources = data["sources"]
     rules, ruleset = {}, {}
@@ -107,14 +117,41 @@ def load(rules_dir: Path | None = None, overrides: Path | None = None) -> Rulebo
         change = rule_overrides.get(raw["id"], {})
         if change.get("enabled", True) is False:
             continue
-        rule = _rule(raw, change.get("indicator"), sources, thresholds, valuesets)
+        rule = _rule(raw, change.get("indicator"), sources, thresholds, valuesets, raw["id"] in shadow_rules)
         rules[rule.id] = rule
         for n, variant in enumerate(raw["variants"]):
             ruleset[f"{rule.id}#{n}"] = {"all": _conditions(rule, variant, thresholds), "run": f"{rule.id}#{n}"}
     _check_products(products, sources)
     families = _families(data.get("families", {}), known, rules)
     return Rulebook(thresholds, _read(rules_dir / "units.yaml"), valuesets, products, sources, rules, ruleset,
-                    families)
+                    families, shadow_services)
+
+
+def _shadow(services: Any, rule_overrides: dict[str, Any], known: set[str], names: str
+            ) -> tuple[set[str], frozenset[str]]:
+    """The rules and the services in shadow mode: from the overrides file (`rules: {id: {shadow: true}}`,
+    `services: {id: {shadow: true}}`) and from CDS_SHADOW (rule and service ids, commas or spaces)."""
+    if not isinstance(services, dict):
+        raise RulebookError("overrides: services: expected a mapping")
+    shadow_services = set()
+    for service_id, change in services.items():
+        where = f"overrides: services.{service_id}"
+        if service_id not in SERVICE_IDS:
+            raise RulebookError(f"{where}: no such service (services: {', '.join(SERVICE_IDS)})")
+        _check_keys(change, {"shadow"}, where)
+        _check_flags(change, ("shadow",), where)
+        if change.get("shadow"):
+            shadow_services.add(service_id)
+    shadow_rules = {rule_id for rule_id, change in rule_overrides.items() if change.get("shadow")}
+    for name in names.replace(",", " ").split():
+        if name not in known and name not in SERVICE_IDS:
+            raise RulebookError(f"CDS_SHADOW: {name!r} is neither a rule id nor a service id")
+        (shadow_services if name in SERVICE_IDS else shadow_rules).add(name)
+    disabled = sorted(r for r in shadow_rules if rule_overrides.get(r, {}).get("enabled") is False)
+    if disabled:
+        raise RulebookError(f"overrides: rules.{disabled[0]}: disabled, yet in shadow mode; a rule in shadow "
+                            "mode runs on every call (drop one of the two)")
+    return shadow_rules, frozenset(shadow_services)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -134,6 +171,12 @@ def _check_keys(data: Any, allowed: set[str], where: str) -> None:
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise RulebookError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _check_flags(data: dict[str, Any], flags: tuple[str, ...], where: str) -> None:
+    for flag in flags:
+        if flag in data and not isinstance(data[flag], bool):
+            raise RulebookError(f"{where}.{flag}: expected true or false, got {data[flag]!r}")
 
 
 def _merge(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
@@ -209,7 +252,7 @@ def _sections(raw: Any, rule_id: str, sources: dict) -> tuple[str, dict[str, str
 
 
 def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, thresholds: dict,
-          valuesets: dict) -> Rule:
+          valuesets: dict, shadow: bool) -> Rule:
     rule_id = raw["id"]
     if raw["source"] != "product" and raw["source"] not in sources:
         raise RulebookError(f"{rule_id} cites unknown source {raw['source']}")
@@ -229,7 +272,7 @@ def _rule(raw: dict[str, Any], indicator_override: str | None, sources: dict, th
         id=rule_id, source=raw["source"], detail=raw.get("detail", "").strip(), variants=tuple(variants),
         about=about, hooks=tuple(raw.get("hooks", ())),
         orderables=tuple(valuesets["orderables"][raw["orders"]]) if "orders" in raw else (),
-        summary_many=raw.get("summary_many"), section=section, sections=sections,
+        summary_many=raw.get("summary_many"), section=section, sections=sections, shadow=shadow,
     )
 
 

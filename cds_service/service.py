@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import cards, deadline, hooks, observability, prefetch, rulebook
+from . import deadline, hooks, observability, prefetch, rulebook, shadow
 from .anchors import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
 from .engine import Engine, Finding
 from .facts import FactBuilder, foreign_fact, record_gap, unknown_system
@@ -94,19 +94,22 @@ class CdsService:
     def discovery(self) -> dict[str, Any]:
         return {"services": [s.discovery() for s in self.services.values()]}
 
-    def call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None = None
-             ) -> dict[str, Any]:
+    def call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None = None,
+             silent: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The response body for a hook call; raises InvalidRequest, UnknownService, PreconditionFailed or
         deadline.DeadlineExceeded (the call ran past its budget).
 
         `fhir_server_allowed` says which FHIR servers the authenticated caller may have the service fetch
         from: the EHR's access token is sent to fhirServer, so a caller must not be able to point it anywhere
         the service reaches. A fetch it refuses is a data-unavailable card saying why, never a 412.
+        Cards of rules in shadow mode are never in the answer; a caller that records them passes a
+        `silent` list, and they are appended to it.
         """
         with deadline.budget(self.budget_seconds):
-            return self._call(service_id, body, fhir_server_allowed)
+            return self._call(service_id, body, fhir_server_allowed, silent)
 
-    def _call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None) -> dict[str, Any]:
+    def _call(self, service_id: str, body: Any, fhir_server_allowed: Callable[[str], bool] | None,
+              silent: list[dict[str, Any]] | None) -> dict[str, Any]:
         rules = self._ruleset  # one consistent set for the whole call, even if a reload happens meanwhile
         service = rules.services.get(service_id)
         if service is None:
@@ -124,7 +127,10 @@ class CdsService:
         deadline.check()
         with observability.EVALUATION_SECONDS.time():
             findings = self._evaluate(rules, request, orders, record)
-        return {"cards": cards.build(findings, rules.book, request.hookInstance, request.context["patientId"])}
+        live, unshown = shadow.split(findings, rules.book, service_id, request.hookInstance, request.context["patientId"])
+        if silent is not None:
+            silent += unshown
+        return {"cards": live}
 
     def _evaluate(self, rules: Ruleset, request: hooks.HookRequest, orders: Orders | None,
                   record: prefetch.PatientRecord) -> list[Finding]:

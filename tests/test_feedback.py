@@ -123,10 +123,11 @@ def run_cli(monkeypatch, capsys, database_url: str, *args: str, **env: str) -> t
     return code, captured.out + captured.err
 
 
-def report_rows(text: str) -> dict[tuple[str, str], list[str]]:
-    """`cds-service report` lines by (rule, indicator): issued, feedback, accepted, overridden, rate, reasons."""
+def report_rows(text: str, table: int = 0) -> dict[tuple[str, str], list[str]]:
+    """A table of `cds-service report`, its lines by (rule, indicator). Table 0: issued, feedback, accepted,
+    overridden, rate, reasons; table 1: live, silent, calls, live and silent per 1,000 calls."""
     rows = {}
-    for line in text.splitlines()[2:]:
+    for line in text.split("\n\n")[table].splitlines()[2:]:  # each table: a title, then the column names
         rule, indicator, *figures = re.split(r"\s{2,}", line.strip())
         rows[(rule, indicator)] = figures
     return rows
@@ -364,7 +365,7 @@ def test_prune_deletes_cards_and_feedback_older_than_the_retention_period(databa
 def test_db_upgrade_builds_the_schema_the_models_describe(database_url, monkeypatch, capsys):
     for run, migrated in ((1, True), (2, False)):  # the second run finds nothing to do
         code, out = run_cli(monkeypatch, capsys, database_url, "db", "upgrade")
-        assert code == 0 and "feedback database at schema revision 0002" in out.splitlines()
+        assert code == 0 and "feedback database at schema revision 0003" in out.splitlines()
         assert ("Running upgrade" in out) is migrated, run
     store = Store(StoreSettings(database_url=database_url))
     with store.transaction() as connection:

@@ -1,9 +1,12 @@
 """Override figures per rule and indicator over a period: the evidence a pharmacy committee tunes
-thresholds on. Counts only; no patient data (nor its hash, nor free-text comments) leaves this module.
+thresholds on; and live cards next to silent ones (rules in shadow mode), per week and per 1,000 calls,
+the evidence for switching a rule on. Counts only; no patient data (nor its hash, nor free-text comments)
+leaves this module.
 
 A card's fate is its latest feedback: a card overridden and later accepted counts as accepted. The
 override rate is overridden / (accepted + overridden): cards nobody acted on send no feedback (CDS Hooks
-2.0 §card-ignored) and cannot be told apart from cards never shown.
+2.0 §card-ignored) and cannot be told apart from cards never shown. A rule's cards per 1,000 calls count
+the calls to the services that issued its cards in the period.
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from sqlalchemy import Date, func, select
 
 from ..rulebook import INDICATOR_RANK
-from .models import Feedback, IssuedCard
+from .models import Feedback, HookCall, IssuedCard
 from .store import Store
 
 DEFAULT_DAYS = 90
@@ -53,11 +56,15 @@ class Period:
 class RuleFigures:
     rule_id: str
     indicator: str
-    issued: int = 0
+    issued: int = 0  # shown (live)
     feedback: int = 0
     accepted: int = 0
     overridden: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    silent: int = 0  # recorded, not shown: the rule (or its service) was in shadow mode
+    calls: int = 0  # calls to the services that issued this rule's cards
+    live_weeks: Counter[date] = field(default_factory=Counter)  # Monday -> cards shown that week
+    silent_weeks: Counter[date] = field(default_factory=Counter)
 
     @property
     def override_rate(self) -> float | None:
@@ -67,17 +74,38 @@ class RuleFigures:
     def top_reasons(self, n: int = 3) -> list[tuple[str, int]]:
         return self.reasons.most_common(n)
 
+    def per_1000(self, cards: int) -> float | None:
+        return cards * 1000 / self.calls if self.calls else None
+
+
+@dataclass(frozen=True)
+class Week:
+    monday: date
+    calls: int
+    live: int
+    silent: int
+
 
 @dataclass(frozen=True)
 class Report:
     period: Period
     rules: list[RuleFigures]
-    weeks: list[tuple[date, int]]  # Monday of each week, cards issued that week
+    weeks: list[Week]  # every week from the first with cards or calls to the period's end
+
+    @property
+    def shown(self) -> list[RuleFigures]:
+        """The rules and indicators with cards shown or feedback in the period (silent-only ones are not)."""
+        return [f for f in self.rules if f.issued or f.feedback]
+
+    @property
+    def carded(self) -> list[RuleFigures]:
+        """The rules and indicators with cards (live or silent) in the period."""
+        return [f for f in self.rules if f.issued or f.silent]
 
     def override_rate_by_rule(self) -> list[tuple[str, float | None, int]]:
         """Per rule id, all indicators together: (rule, override rate, cards acted on)."""
         totals: dict[str, list[int]] = {}
-        for figures in self.rules:
+        for figures in self.shown:
             total = totals.setdefault(figures.rule_id, [0, 0])
             total[0] += figures.overridden
             total[1] += figures.accepted + figures.overridden
@@ -86,33 +114,49 @@ class Report:
 
 def build(store: Store, period: Period) -> Report:
     with store.transaction() as connection:
+        day = func.date(IssuedCard.issued_at, type_=Date)
         issued = connection.execute(
-            select(IssuedCard.rule_id, IssuedCard.indicator, func.count())
+            select(IssuedCard.rule_id, IssuedCard.indicator, IssuedCard.silent, IssuedCard.service_id, day,
+                   func.count())
             .where(IssuedCard.issued_at >= period.since, IssuedCard.issued_at < period.until)
-            .group_by(IssuedCard.rule_id, IssuedCard.indicator)).all()
+            .group_by(IssuedCard.rule_id, IssuedCard.indicator, IssuedCard.silent, IssuedCard.service_id, day)).all()
         feedback = connection.execute(
             select(Feedback.card_uuid, Feedback.outcome, Feedback.reason_code, Feedback.reason_display,
                    IssuedCard.rule_id, IssuedCard.indicator)
             .outerjoin(IssuedCard, IssuedCard.card_uuid == Feedback.card_uuid)
             .where(Feedback.outcome_at >= period.since, Feedback.outcome_at < period.until)
             .order_by(Feedback.outcome_at, Feedback.id)).all()
-        day = func.date(IssuedCard.issued_at, type_=Date)
-        days = connection.execute(
-            select(day, func.count())
-            .where(IssuedCard.issued_at >= period.since, IssuedCard.issued_at < period.until)
-            .group_by(day)).all()
-    return Report(period, _figures(issued, feedback), _weeks(days, period))
+        call_day = func.date(HookCall.called_at, type_=Date)
+        calls = connection.execute(
+            select(HookCall.service_id, call_day, func.count())
+            .where(HookCall.called_at >= period.since, HookCall.called_at < period.until)
+            .group_by(HookCall.service_id, call_day)).all()
+    figures = _figures(issued, feedback, calls)
+    return Report(period, figures, _weeks(figures, calls, period))
 
 
-def _figures(issued: list, feedback: list) -> list[RuleFigures]:
+def _figures(issued: list, feedback: list, calls: list) -> list[RuleFigures]:
     figures: dict[tuple[str, str], RuleFigures] = {}
 
     def of(rule_id: str | None, indicator: str | None) -> RuleFigures:
         key = (rule_id or UNRECORDED, indicator or "-")
         return figures.setdefault(key, RuleFigures(*key))
 
-    for rule_id, indicator, count in issued:
-        of(rule_id, indicator).issued = count
+    calls_per_service: Counter[str] = Counter()
+    for service_id, _, count in calls:
+        calls_per_service[service_id] += count
+    services: dict[tuple[str, str], set[str]] = {}
+    for rule_id, indicator, silent, service_id, day, count in issued:
+        target = of(rule_id, indicator)
+        if silent:
+            target.silent += count
+            target.silent_weeks[_monday(day)] += count
+        else:
+            target.issued += count
+            target.live_weeks[_monday(day)] += count
+        services.setdefault((target.rule_id, target.indicator), set()).add(service_id)
+    for key, names in services.items():
+        figures[key].calls = sum(calls_per_service[name] for name in names)
     latest = {}
     for row in feedback:
         of(row.rule_id, row.indicator).feedback += 1
@@ -129,19 +173,26 @@ def _figures(issued: list, feedback: list) -> list[RuleFigures]:
                                                    INDICATOR_RANK.get(f.indicator, len(INDICATOR_RANK))))
 
 
-def _weeks(days: list, period: Period) -> list[tuple[date, int]]:
-    """Every week from the first with cards (or the period's start) to the period's end, empty ones too."""
-    counts: Counter[date] = Counter()
-    for day, count in days:
-        counts[day - timedelta(days=day.weekday())] += count
+def _weeks(figures: list[RuleFigures], calls: list, period: Period) -> list[Week]:
+    """Every week from the first with cards or calls (or the period's start) to the period's end, empty
+    ones too."""
+    live: Counter[date] = sum((f.live_weeks for f in figures), Counter())
+    silent: Counter[date] = sum((f.silent_weeks for f in figures), Counter())
+    called: Counter[date] = Counter()
+    for _, day, count in calls:
+        called[_monday(day)] += count
     last = (period.until - timedelta(microseconds=1)).date()
-    first = max(min(counts, default=period.since.date()), period.since.date())
-    week = first - timedelta(days=first.weekday())
+    first = max(min([*live, *silent, *called], default=period.since.date()), period.since.date())
+    week = _monday(first)
     weeks = []
     while week <= last:
-        weeks.append((week, counts[week]))
+        weeks.append(Week(week, called[week], live[week], silent[week]))
         week += timedelta(days=7)
     return weeks
+
+
+def _monday(day: date) -> date:
+    return day - timedelta(days=day.weekday())
 
 
 def as_text(report: Report) -> str:
@@ -153,19 +204,51 @@ def as_text(report: Report) -> str:
                "top override reasons")
     rows = [(f.rule_id, f.indicator, str(f.issued), str(f.feedback), str(f.accepted), str(f.overridden),
              percent(f.override_rate), ", ".join(f"{r} ({n})" for r, n in f.top_reasons()) or "-")
-            for f in report.rules]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    lines = [head, "  ".join(_cell(c, w, i) for i, (c, w) in enumerate(zip(columns, widths)))]
-    lines += ["  ".join(_cell(c, w, i) for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
+            for f in report.shown]
+    lines = [head, *_columns(columns, rows, range(2, 7))]
+    if report.carded:
+        lines += ["", "Live and silent cards (silent: rules in shadow mode, recorded and never shown), per 1,000 "
+                  "calls to the services that issued them", *_columns(*shadow_table(report), range(2, 7))]
+        lines += ["", "Per week (weeks start on Monday; by rule: live/silent)", *_columns(*week_table(report), range(1, 4))]
     return "\n".join(lines)
+
+
+def shadow_table(report: Report) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Per rule and indicator: live and silent cards, the calls they are counted against, and per 1,000."""
+    columns = ("rule", "indicator", "live", "silent", "calls", "live per 1,000", "silent per 1,000")
+    rows = [(f.rule_id, f.indicator, str(f.issued), str(f.silent), str(f.calls), per_mille(f.per_1000(f.issued)),
+             per_mille(f.per_1000(f.silent))) for f in report.carded]
+    return columns, rows
+
+
+def week_table(report: Report) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """Per week: calls, live and silent cards, and each rule's live/silent cards that week."""
+    columns = ("week", "calls", "live", "silent", "by rule")
+    rows = []
+    for week in report.weeks:
+        by_rule = [f"{f.rule_id} {f.indicator} {f.live_weeks[week.monday]}/{f.silent_weeks[week.monday]}"
+                   for f in report.carded if f.live_weeks[week.monday] or f.silent_weeks[week.monday]]
+        rows.append((f"{week.monday}", str(week.calls), str(week.live), str(week.silent), ", ".join(by_rule) or "-"))
+    return columns, rows
 
 
 def percent(rate: float | None) -> str:
     return "-" if rate is None else f"{rate:.0%}"
 
 
-def _cell(text: str, width: int, column: int) -> str:
-    return text.rjust(width) if 2 <= column <= 6 else text.ljust(width)
+def per_mille(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1f}"
+
+
+def _columns(columns: tuple[str, ...], rows: list[tuple[str, ...]], numeric: range) -> list[str]:
+    """A plain table: a header line, then one line per row; numeric columns right-aligned."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    return ["  ".join(_cell(c, w, i in numeric) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+            for line in (columns, *rows)]
+
+
+def _cell(text: str, width: int, numeric: bool) -> str:
+    return text.rjust(width) if numeric else text.ljust(width)
 
 
 def _when(moment: datetime) -> str:

@@ -16,9 +16,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     db = commands.add_parser("db", help="the feedback database (CDS_DATABASE_URL; default sqlite:///var/cds.db)")
     actions = db.add_subparsers(dest="db_command", required=True)
     actions.add_parser("upgrade", help="apply the schema migrations (serve also does this at start-up)")
-    actions.add_parser("prune", help="delete issued cards and feedback older than CDS_RETENTION_DAYS "
+    actions.add_parser("prune", help="delete issued cards, feedback and hook calls older than CDS_RETENTION_DAYS "
                                      f"(default {DEFAULT_RETENTION_DAYS}), and expired token ids")
-    report = commands.add_parser("report", help="cards issued, accepted and overridden, per rule and indicator")
+    report = commands.add_parser("report", help="cards issued, accepted and overridden, and live and silent cards "
+                                                "per 1,000 calls, per rule and indicator")
     report.add_argument("--since", help="first day (2026-01-01) or ISO 8601 time; default: 90 days before --until")
     report.add_argument("--until", help="last day, included, or ISO 8601 time (excluded); default: now")
 
@@ -35,9 +36,10 @@ def run(args: argparse.Namespace) -> int:
         if args.db_command == "upgrade":
             print(f"feedback database at schema revision {store.upgrade()}")
             return 0
-        cutoff, cards, feedback = store.prune()
+        cutoff, cards, feedback, calls = store.prune()
         print(f"pruned {cards} issued card(s) and {feedback} feedback record(s) "
               f"from before {cutoff:%Y-%m-%d %H:%M} UTC")
+        print(f"pruned {calls} hook call record(s) from before {cutoff:%Y-%m-%d %H:%M} UTC")
         print(f"pruned {replay.prune(store)} expired token id(s) from the JWT replay cache")
         return 0
     except StoreUnavailable as e:

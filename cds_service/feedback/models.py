@@ -1,5 +1,6 @@
-"""The tables: cards this service issued, what clinicians did with them (feedback), and the EHR token
-ids already accepted (the JWT replay cache every worker and instance shares).
+"""The tables: cards this service issued (shown, or silent: made by a rule in shadow mode), the hook
+calls answered (counted, for cards per 1,000 calls), what clinicians did with the cards (feedback), and
+the EHR token ids already accepted (the JWT replay cache every worker and instance shares).
 
 Feedback is stored only about cards on record as issued when it arrives (store.save_feedback), but it is
 not a foreign key to them: the two are pruned on their own dates, so a card may go before its feedback.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer, MetaData, String, Text, UniqueConstraint, false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -53,6 +54,22 @@ class IssuedCard(Base):
     indicator: Mapped[str] = mapped_column(String(16))
     patient_hash: Mapped[str] = mapped_column(String(64))  # HMAC-SHA256, hex: never the patient id itself
     issued_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    silent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # never shown
+
+
+class HookCall(Base):
+    """A hook call answered, with how many cards it showed and how many it kept silent: the denominator
+    of "cards per 1,000 calls". No patient data: the key is a hash of the service and hookInstance, so an
+    EHR's retry of the same call counts once, as its cards do."""
+
+    __tablename__ = "hook_calls"
+
+    call_key: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256, hex
+    service_id: Mapped[str] = mapped_column(String(100))
+    hook: Mapped[str] = mapped_column(String(100))
+    called_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    cards: Mapped[int] = mapped_column(Integer)
+    silent: Mapped[int] = mapped_column(Integer)
 
 
 class Feedback(Base):

@@ -1,6 +1,7 @@
 """The feedback database: SQLite by default, PostgreSQL when CDS_DATABASE_URL says so.
 
-Issued cards are written a moment after the hook call, by writer.IssuedCardWriter. Two promises about
+Hook calls and their issued cards (shown, and silent ones of rules in shadow mode) are written a moment
+after the hook call, by writer.IssuedCardWriter. Two promises about
 feedback. Feedback answered 200 is on disk: each POST is one committed transaction (SQLite in WAL
 mode with synchronous=FULL; PostgreSQL commits synchronously). A retried POST is stored once: a unique
 key on card, outcome and outcomeTimestamp, with inserts that skip what is already there.
@@ -9,9 +10,9 @@ Database trouble becomes StoreUnavailable, which the web app turns into 503 so t
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
@@ -29,8 +30,8 @@ from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .body import FeedbackItem
-from .models import Feedback, IssuedCard
-from .settings import ConfigError, StoreSettings
+from .models import Feedback, HookCall, IssuedCard
+from .settings import ConfigError, StoreSettings, patient_hash
 from .writer import Call, IssuedCardWriter
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Store:
         # a worker's threads queue here instead, so only the worker processes ever meet SQLite's lock.
         self._writers = threading.RLock() if self.engine.dialect.name == "sqlite" else nullcontext()
         self._schema_ready = False
-        self._issued = IssuedCardWriter(self._write_issued, lambda call: _unrecorded(call[0], len(call[1]), "QueueFull"))
+        self._issued = IssuedCardWriter(self._write_issued, lambda call: _unrecorded(call[0], len(call[2]), "QueueFull"))
 
     def close(self) -> None:
         """Write the issued cards still queued, then close the connections."""
@@ -109,32 +110,42 @@ class Store:
         return head
 
     def record_cards(self, service_id: str, hook: str, patient_id: str, cards: Sequence[dict[str, Any]],
-                     at: datetime | None = None) -> None:
-        """Remember which rule made each card, so feedback can be tied to it: queued now, written a moment
-        later (see writer.py). Best effort: a failure is logged (without patient data) and counted, and
-        never reaches the clinician's hook call."""
-        if not cards:
-            return
-        try:
-            patient_hash = self._patient_hash(patient_id)
-        except ConfigError as e:
-            _unrecorded(service_id, len(cards), type(e).__name__)
-            return
-        rows = [{"card_uuid": c["uuid"], "service_id": service_id, "hook": hook,
-                 "rule_id": c["source"]["topic"]["code"], "indicator": c["indicator"],
-                 "patient_hash": patient_hash, "issued_at": at or self.clock()} for c in cards]
-        self._issued.add((service_id, rows))
+                     at: datetime | None = None, silent: Sequence[dict[str, Any]] = (),
+                     hook_instance: str | None = None) -> None:
+        """Remember a hook call, and which rule made each card it showed or kept silent, so feedback can be
+        tied to the rule and the report can count cards per 1,000 calls: queued now, written a moment
+        later (see writer.py). A call is counted once per service and `hook_instance` (an EHR's retry is
+        the same call); without one, every record is a call of its own. Best effort: a failure is logged
+        (without patient data) and counted, and never reaches the clinician's hook call."""
+        issued_at = at or self.clock()
+        call = {"call_key": _call_key(service_id, hook_instance or uuid.uuid4().hex), "service_id": service_id,
+                "hook": hook, "called_at": issued_at, "cards": len(cards), "silent": len(silent)}
+        rows = []
+        if cards or silent:
+            try:
+                patient_hash = self._patient_hash(patient_id)
+            except ConfigError as e:
+                _unrecorded(service_id, len(cards) + len(silent), type(e).__name__)
+                return
+            rows = [{"card_uuid": c["uuid"], "service_id": service_id, "hook": hook,
+                     "rule_id": c["source"]["topic"]["code"], "indicator": c["indicator"],
+                     "patient_hash": patient_hash, "issued_at": issued_at, "silent": quiet}
+                    for shown, quiet in ((cards, False), (silent, True)) for c in shown]
+        self._issued.add((service_id, call, rows))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the cards queued so far are written (or given up on); False if `timeout` ran out."""
         return self._issued.flush(timeout)
 
     def _write_issued(self, calls: list[Call]) -> None:
+        cards = [row for _, _, rows in calls for row in rows]
         try:
             with self.transaction() as connection:
-                _insert_new(connection, IssuedCard.__table__, [row for _, rows in calls for row in rows])
+                _insert_new(connection, HookCall.__table__, [call for _, call, _ in calls])
+                if cards:
+                    _insert_new(connection, IssuedCard.__table__, cards)
         except Exception as e:  # noqa: BLE001 - whatever went wrong, the writer must go on with the next calls
-            for service_id, rows in calls:
+            for service_id, _, rows in calls:
                 _unrecorded(service_id, len(rows), type(e).__name__)
 
     def save_feedback(self, service_id: str, items: Sequence[FeedbackItem]) -> int:
@@ -153,18 +164,24 @@ class Store:
                 known = _save_known(connection, service_id, items, received)
         return sum(item.card in known for item in items)
 
-    def prune(self) -> tuple[datetime, int, int]:
-        """Delete cards and feedback older than the retention period: (cutoff, cards, feedback) deleted."""
+    def prune(self) -> tuple[datetime, int, int, int]:
+        """Delete cards, feedback and hook calls older than the retention period: (cutoff, cards, feedback,
+        calls) deleted."""
         cutoff = self.clock() - timedelta(days=self.settings.retention_days)
         with self.transaction() as connection:
             cards = connection.execute(delete(IssuedCard).where(IssuedCard.issued_at < cutoff)).rowcount
             feedback = connection.execute(delete(Feedback).where(Feedback.received_at < cutoff)).rowcount
-        return cutoff, cards, feedback
+            calls = connection.execute(delete(HookCall).where(HookCall.called_at < cutoff)).rowcount
+        return cutoff, cards, feedback, calls
 
     def _patient_hash(self, patient_id: str) -> str:
         if self.settings.patient_hash_key is None:
             raise ConfigError("no patient hash key")
-        return hmac.new(self.settings.patient_hash_key, patient_id.encode(), hashlib.sha256).hexdigest()
+        return patient_hash(self.settings.patient_hash_key, patient_id)
+
+
+def _call_key(service_id: str, hook_instance: str) -> str:
+    return hashlib.sha256(f"{service_id}\n{hook_instance}".encode(errors="replace")).hexdigest()
 
 
 def _unrecorded(service_id: str, cards: int, error: str) -> None:

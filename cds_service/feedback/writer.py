@@ -18,7 +18,7 @@ WRITE_EVERY_S = 0.05
 QUEUED_CALLS_MAX = 10_000  # beyond it (a database that hangs), calls' cards are dropped and counted
 EXIT_WAIT_S = 5.0
 
-Call = tuple[str, list[dict[str, Any]]]  # the service id, and the rows of the cards it issued
+Call = tuple[str, dict[str, Any], list[dict[str, Any]]]  # the service id, the call's row, its cards' rows
 Write = Callable[[list[Call]], None]  # writes the calls' rows in one transaction; must not raise
 Drop = Callable[[Call], None]
 
