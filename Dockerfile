@@ -11,7 +11,10 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
-# Editable, so that the code finds rules/ and config/ beside it in /app, exactly as in a checkout.
+COPY rules ./rules
+COPY config ./config
+# Editable, so that the code finds rules/ and config/ beside it in /app, exactly as in a checkout (where a
+# mounted or edited rules/ takes effect); pyproject.toml maps both into the package, so both are needed here.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
     && /opt/venv/bin/pip install --no-cache-dir -e .

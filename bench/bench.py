@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import requests
 
-from cds_service import jsonbody, rulebook
+from cds_service.web import jsonbody
+from cds_service.engine import rulebook
 from cds_service.config import Settings
 from cds_service.service import CdsService
 

@@ -1,4 +1,4 @@
-"""What fetching from the EHR's FHIR server costs, against a local one (Medplum in memory, tests/fhir_server.py).
+"""What fetching from the EHR's FHIR server costs, against a local one (Medplum in memory, devtools/fhir_server.py).
 
 1. Added latency: one example patient's hook call with full prefetch, then the same call with no
    prefetch and a fhirServer (every key fetched, token required), CALLS times each; the difference of
@@ -29,11 +29,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cds_service import hooks, prefetch, rulebook  # noqa: E402
-from cds_service.fhir_client import FetchSettings, FhirFetcher  # noqa: E402
+from cds_service import hooks  # noqa: E402
+from cds_service.record import prefetch  # noqa: E402
+from cds_service.engine import rulebook  # noqa: E402
+from cds_service.record.fhir_client import FetchSettings, FhirFetcher  # noqa: E402
 from cds_service.service import CdsService  # noqa: E402
 from tests.conftest import NOW  # noqa: E402
-from tests.fhir_server import FhirServer, example_requests, prefetched_resources, start  # noqa: E402
+from devtools.fhir_server import FhirServer, example_requests, prefetched_resources, start  # noqa: E402
 
 TARGET = 1.3
 TOKEN = "bench-token"

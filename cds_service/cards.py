@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import deadline, markup
-from .engine import Finding
-from .rulebook import INDICATOR_RANK, Rule, Rulebook
+from .engine.durable_rules import Finding
+from .engine.rulebook import INDICATOR_RANK, Rule, Rulebook
 
 TOPIC_SYSTEM = "https://cd20-cds.org/CodeSystem/rule"
 OVERRIDE_SYSTEM = "https://cd20-cds.org/CodeSystem/override-reason"

@@ -11,11 +11,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from . import auth, catalogue, jsonbody, logs, rulebook
-from .app import build_service
+from .web import auth, jsonbody
+from .engine import catalogue, rulebook
+from . import logs
+from .web.app import build_service
 from .config import Settings
 from .deadline import DeadlineExceeded
-from .cors import Cors, CorsConfigError
+from .web.cors import Cors, CorsConfigError
 from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
 from .feedback.store import open_for_serving
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .server import run, share_metrics_between_workers
+    from .web.server import run, share_metrics_between_workers
 
     share_metrics_between_workers()
     settings = Settings.from_env()

@@ -7,12 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from . import deadline, hooks, observability, prefetch, rulebook, shadow
-from .anchors import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
-from .engine import Engine, Finding
-from .facts import FactBuilder, foreign_fact, record_gap, unknown_system
-from .orders import index
-from .rulebook import Rulebook
+from . import deadline, hooks, shadow
+from .metrics import EVALUATION_SECONDS
+from .record import prefetch
+from .engine import rulebook
+from .clinical.orders import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
+from .engine.durable_rules import Engine, Finding
+from .clinical.facts import FactBuilder, foreign_fact, record_gap, unknown_system
+from .record.references import index
+from .engine.rulebook import Rulebook
 
 log = logging.getLogger(__name__)
 ORDER_TYPES = {"MedicationRequest", "MedicationOrder"}
@@ -47,7 +50,7 @@ class Ruleset:
     def build(cls, book: Rulebook) -> "Ruleset":
         facts = FactBuilder(book)
         templates = prefetch.templates(book.valuesets)
-        return cls(book, Engine(book), facts, Anchors(facts.catalogue, book.thresholds), hooks.services(templates))
+        return cls(book, Engine(book), facts, Anchors(facts.products, book.thresholds), hooks.services(templates))
 
 
 @dataclass
@@ -125,7 +128,7 @@ class CdsService:
         except (prefetch.NoPatientData, prefetch.AccessRefused) as e:
             raise PreconditionFailed(str(e)) from None
         deadline.check()
-        with observability.EVALUATION_SECONDS.time():
+        with EVALUATION_SECONDS.time():
             findings = self._evaluate(rules, request, orders, record)
         live, unshown = shadow.split(findings, rules.book, service_id, request.hookInstance, request.context["patientId"])
         if silent is not None:
@@ -183,7 +186,7 @@ def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders
     """Everything the rules may match besides their anchor: the record, past therapy, pending orders."""
     drafts = orders.drafts if orders else []
     facts = rules.facts.record(record.resources + drafts, record.gaps, now)
-    facts += prior_depletion(record.resources, rules.facts.catalogue, bundle, now, rules.facts.skew)
+    facts += prior_depletion(record.resources, rules.facts.products, bundle, now, rules.facts.skew)
     therapy = therapy_fact(doses, now)
     if therapy:
         facts.append(therapy)
@@ -205,7 +208,7 @@ def _bounded(facts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     group), the most recent ones: every fact is matched against every order, and a record can hold
     thousands of them that each differ a little (5000 results in 5000 made-up units). Rules ask whether
     such a fact exists, or exists recently enough, which the most recent ones answer. Lab results are
-    already bounded where they are read (facts.py), so they are left as they are."""
+    already bounded where they are read (clinical/facts.py), so they are left as they are."""
     by_subject: dict[tuple[str, Any], list[int]] = {}
     for n, fact in enumerate(facts):
         if fact["kind"] != "lab":

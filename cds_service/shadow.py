@@ -1,6 +1,6 @@
 """Shadow mode: a rule (or a whole service) runs on every call and its cards are recorded as silent, but
 never shown, so a site sees what a rule would show before switching it on (`shadow` in the overrides
-file, or CDS_SHADOW; see rulebook.py).
+file, or CDS_SHADOW; see engine/rulebook.py).
 
 The answer is what the service gives without the silent rules: a silent rule neither leads nor joins a
 live card of its family (`families` in rules.yaml), so putting a new rule in shadow mode never hides or
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import cards
-from .engine import Finding
-from .rulebook import Rulebook
+from .engine.durable_rules import Finding
+from .engine.rulebook import Rulebook
 
 Card = dict[str, Any]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from cds_service.prefetch import resources_in
+from cds_service.record.prefetch import resources_in
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fhir_examples"
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from tests.fhir_server import prefetched_resources
+from devtools.fhir_server import prefetched_resources
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "fhir_examples"
 WRITTEN_AT = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)  # the clock the examples are written against

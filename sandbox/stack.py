@@ -3,7 +3,7 @@
 - the service: `cds-service serve` in development mode, but with authentication on (the sandbox's tokens,
   checked with config/issuers-sandbox.yaml), CORS for the public sandbox and the local copy, and the demo
   FHIR server trusted for fetching (CDS_TRUSTED_FHIR_SERVERS);
-- the FHIR server: tests/fhir_server.js (Medplum's in-memory FHIR router behind our glue, which answers
+- the FHIR server: devtools/fhir_server.js (Medplum's in-memory FHIR router behind our glue, which answers
   CORS) holding the demo patients (sandbox/demo.py);
 - a local copy of the sandbox: the build in ../shared/cds-hooks/sandbox-build served on loopback, when that
   folder is there.
@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 import requests
 
-from tests import fhir_server
+from devtools import fhir_server
 
 from . import demo
 

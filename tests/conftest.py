@@ -9,11 +9,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from cds_service import rulebook
-from cds_service.app import create_app
+from cds_service.engine import rulebook
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.service import CdsService
-from tests import fhir_server as fhir
+from devtools import fhir_server as fhir
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -58,7 +58,7 @@ def client(service: CdsService):
 
 @pytest.fixture(scope="session")
 def fhir_server() -> Iterator[fhir.FhirServer]:
-    """The FHIR server for this test session (tests/fhir_server.py); every call must carry its token."""
+    """The FHIR server for this test session (devtools/fhir_server.py); every call must carry its token."""
     server = fhir.start(token=secrets.token_urlsafe(24))
     yield server
     server.stop()

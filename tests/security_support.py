@@ -21,7 +21,7 @@ import requests
 import yaml
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cds_service import auth, jwks
+from cds_service.web import auth, jwks
 
 BIN = Path(sys.executable).parent
 PUBLIC_URL = "https://cds.example.test"

@@ -23,10 +23,10 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cds_service import auth, jwks
-from cds_service.app import create_app
+from cds_service.web import auth, jwks
+from cds_service.web.app import create_app
 from cds_service.config import Settings
-from cds_service.fhir_client import FhirFetcher
+from cds_service.record.fhir_client import FhirFetcher
 from cds_service.service import CdsService
 
 from conftest import NOW, SHARED

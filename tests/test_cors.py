@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
-from cds_service.cors import Cors, CorsConfigError
+from cds_service.web.cors import Cors, CorsConfigError
 
 from conftest import SHARED
 from security_support import SigningEhr, example_request, verifier

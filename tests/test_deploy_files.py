@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cds_service import auth, jwks
+from cds_service.web import auth, jwks
 from cds_service.feedback.settings import ConfigError, StoreSettings
 from conftest import ROOT
 from security_support import serve
@@ -146,7 +146,7 @@ def test_each_lab_override_is_valid_compose_and_changes_only_services_of_the_lab
 
 
 def test_the_lab_fhir_server_image_runs_the_glue_and_the_medplum_version_the_tests_run():
-    from fhir_server import GLUE, MEDPLUM_VERSION
+    from devtools.fhir_server import GLUE, MEDPLUM_VERSION
     built = list(dockerfile.parse_file(str(LAB / "fhir-server.Dockerfile")))
     args = dict(c.value[0].split("=", 1) for c in built if c.cmd == "ARG")
     assert args["MEDPLUM_VERSION"] == MEDPLUM_VERSION

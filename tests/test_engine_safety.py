@@ -1,7 +1,7 @@
 """The rules engine under load, through the public surface.
 
 durable-rules 2.0.28 allows 1024 live sessions, is not thread-safe and keeps facts between calls
-(DESIGN.md §durable-rules). engine.py copes with one reused session, emptied after every evaluation,
+(DESIGN.md §durable-rules). engine/durable_rules.py copes with one reused session, emptied after every evaluation,
 under one lock. These tests drive it past each limit: more evaluations than it has sessions, several
 patients in turn (nothing may carry over from one to the next), and concurrent calls both through a
 real `cds-service serve` process and straight into the engine from many threads.
@@ -22,7 +22,7 @@ import requests
 import cd20_builders as cb
 import fhir_builders as fb
 from cds_service import cards
-from cds_service.engine import Engine
+from cds_service.engine.durable_rules import Engine
 from cds_service.service import CdsService
 from conftest import NOW
 from security_support import serve

@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from cds_service import cli
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.cards import OVERRIDE_SYSTEM
 from cds_service.config import Settings
 from cds_service.feedback import body as feedback_body

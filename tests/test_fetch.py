@@ -1,5 +1,5 @@
 """Fetching what the EHR did not prefetch, from its FHIR server: through HTTP against the app, with a real
-FHIR server (Medplum, tests/fhir_server.py) and tiny loopback servers for what a real one will not do on
+FHIR server (Medplum, devtools/fhir_server.py) and tiny loopback servers for what a real one will not do on
 demand (hang, reset, redirect, point `next` elsewhere)."""
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
-from cds_service.fhir_client import FetchSettings, FhirFetcher
-from cds_service.identity import belongs_to
+from cds_service.record.fhir_client import FetchSettings, FhirFetcher
+from cds_service.record.identity import belongs_to
 from cds_service.service import CdsService
 from conftest import NOW
 from fhir_builders import ALT, HBSAG, bundle, cards_by_rule, hook_request, lab, patient, serology
-from tests.fhir_server import (SYNTHEA, SYNTHEA_BUNDLES, example_requests, prefetched_resources,
+from devtools.fhir_server import (SYNTHEA, SYNTHEA_BUNDLES, example_requests, prefetched_resources,
                                synthea_resources, tenant_name)
 
 TOKEN_FIELD = "fhirAuthorization"

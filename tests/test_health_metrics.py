@@ -11,11 +11,11 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.feedback.settings import StoreSettings
 from cds_service.feedback.store import Store
-from cds_service.server import REQUESTS_PER_CONNECTION
+from cds_service.web.server import REQUESTS_PER_CONNECTION
 from conftest import EXAMPLES, NOW, load_json
 from security_support import serve
 
@@ -146,7 +146,7 @@ def test_a_restarted_server_starts_its_metrics_from_zero(tmp_path):
 def _leave_samples_of_an_earlier_run(metrics_dir: Path) -> None:
     """What a worker of a stopped server leaves behind: a sample file in the metrics directory."""
     metrics_dir.mkdir()
-    script = ("from cds_service.observability import CARDS\n"
+    script = ("from cds_service.web.observability import CARDS\n"
               "CARDS.labels('from-an-earlier-run', 'warning').inc()\n")
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60,
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cds_service import rulebook
-from cds_service.app import create_app
+from cds_service.engine import rulebook
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.service import CdsService
 

@@ -5,7 +5,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cds_service import jsonbody
+from cds_service.web import jsonbody
 
 TRICKY = st.text(alphabet='ab"\\[]{}\n', max_size=8)
 JSON = st.recursive(st.none() | st.integers() | TRICKY,

@@ -1,5 +1,5 @@
 """The compose lab's loader (deploy/load_fhir_examples.py), run as the lab runs it, against a real FHIR server
-(Medplum, tests/fhir_server.py): afterwards, a call without prefetch gets the example's cards by fetching."""
+(Medplum, devtools/fhir_server.py): afterwards, a call without prefetch gets the example's cards by fetching."""
 from __future__ import annotations
 
 import copy
@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
-from cds_service.fhir_client import FetchSettings, FhirFetcher
-from cds_service.prefetch import resources_in
+from cds_service.record.fhir_client import FetchSettings, FhirFetcher
+from cds_service.record.prefetch import resources_in
 from cds_service.service import CdsService
 from conftest import EXAMPLES, NOW, ROOT, load_json
 

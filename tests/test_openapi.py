@@ -13,7 +13,7 @@ import yaml
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from cds_service.app import OPENAPI, create_app
+from cds_service.web.app import OPENAPI, create_app
 from cds_service.config import Settings
 from cds_service.feedback.settings import StoreSettings
 from cds_service.feedback.store import Store

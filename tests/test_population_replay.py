@@ -36,7 +36,7 @@ from cds_service.feedback.settings import patient_hash
 from cds_service.population import export
 from cds_service.population.search import clinical_date
 from conftest import NOW, ROOT
-from tests.fhir_server import SEEDED_TYPES
+from devtools.fhir_server import SEEDED_TYPES
 from tests.stores import TEST_HASH_KEY
 from test_fetch import app_with, fetching
 

@@ -4,7 +4,7 @@ the ordered product's own label, medication history from every resource EHRs use
 seen in new cases.
 
 Records are built as EHR feeds send them (tests/fhir_builders.py, cd20_builders.py); the clock is frozen
-at conftest.NOW. Fetching tests use the real FHIR server on loopback (tests/fhir_server.py), and a
+at conftest.NOW. Fetching tests use the real FHIR server on loopback (devtools/fhir_server.py), and a
 scripted one for an EHR that answers with the wrong patient's data.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import cd20_builders as b
 import fhir_builders as fb
 from cd20_builders import KESIMPTA, OCREVUS, RITUXAN, ZUNOVO, indicator
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
-from cds_service.fhir_client import FetchSettings, FhirFetcher
+from cds_service.record.fhir_client import FetchSettings, FhirFetcher
 from cds_service.service import CdsService
 from conftest import NOW
 from fhir_builders import ALP, ALT, ANC, ANTI_HBC, AST, BILIRUBIN, HBSAG, IGG, LOINC, PATIENT_ID, UCUM

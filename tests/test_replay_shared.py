@@ -17,10 +17,10 @@ import pytest
 import requests
 from flask import Flask
 
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.feedback.models import UsedToken
-from cds_service.feedback.replay import DatabaseReplayCache
+from cds_service.feedback.token_replay import DatabaseReplayCache
 from cds_service.feedback.settings import StoreSettings
 from cds_service.feedback.store import Store
 from security_support import PUBLIC_URL, SigningEhr, serve

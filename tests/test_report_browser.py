@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-from cds_service.app import create_app
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.feedback import body as feedback_body
 from cds_service.feedback.page import OVERRIDE_COLOUR, WEEK_COLOUR

@@ -13,8 +13,8 @@ import pytest
 import cd20_builders as b
 import fhir_builders as fb
 from cd20_builders import CVX, HOOKS, OCREVUS, indicator
-from cds_service import rulebook
-from cds_service.app import create_app
+from cds_service.engine import rulebook
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.service import CdsService
 from conftest import NOW

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cds_service import rulebook
-from cds_service.app import create_app
+from cds_service.engine import rulebook
+from cds_service.web.app import create_app
 from cds_service.config import Settings
 from cds_service.feedback.models import HookCall, IssuedCard
 from cds_service.feedback.settings import StoreSettings

@@ -16,7 +16,7 @@ from datetime import date, datetime, time, timedelta, timezone
 
 from sqlalchemy import Date, func, select
 
-from ..rulebook import INDICATOR_RANK
+from ..engine.rulebook import INDICATOR_RANK
 from .models import Feedback, HookCall, IssuedCard
 from .store import Store
 

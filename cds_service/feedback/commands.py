@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from ..config import Settings
-from . import analytics, replay
+from . import analytics, token_replay
 from .settings import DEFAULT_RETENTION_DAYS, ConfigError, StoreSettings
 from .store import Store, StoreUnavailable, utc_now
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"pruned {cards} issued card(s) and {feedback} feedback record(s) "
               f"from before {cutoff:%Y-%m-%d %H:%M} UTC")
         print(f"pruned {calls} hook call record(s) from before {cutoff:%Y-%m-%d %H:%M} UTC")
-        print(f"pruned {replay.prune(store)} expired token id(s) from the JWT replay cache")
+        print(f"pruned {token_replay.prune(store)} expired token id(s) from the JWT replay cache")
         return 0
     except StoreUnavailable as e:
         print(f"cds-service: the feedback database is unavailable ({e})", file=sys.stderr)

@@ -1,13 +1,13 @@
 """The admin report as one self-contained HTML page: charts drawn server-side as inline SVG, no script,
 no external resource, so it renders the same behind any firewall. Counts only, never patient data.
 
-Who may see it is decided in admin.py.
+Who may see it is decided in web/admin.py.
 """
 from __future__ import annotations
 
 from html import escape
 
-from ..charts import Bar, bar_columns, bar_rows, svg
+from .charts import Bar, bar_columns, bar_rows, svg
 from .analytics import Report, RuleFigures, per_mille, percent, shadow_table, week_table
 
 HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",

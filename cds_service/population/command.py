@@ -24,7 +24,9 @@ from datetime import datetime, time as clock_time, timezone
 from pathlib import Path
 from typing import Any
 
-from .. import hooks, prefetch, rulebook
+from .. import hooks
+from ..record import prefetch
+from ..engine import rulebook
 from ..config import Settings
 from ..feedback.settings import StoreSettings
 from . import export, page, summary, tasks

@@ -5,7 +5,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from ..charts import Bar, bar_columns, bar_rows
+from ..feedback.charts import Bar, bar_columns, bar_rows
 from ..feedback.page import SILENT_COLOUR, STYLE, key, table
 from .summary import input_notes
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Mapping
 
 from ..hooks import ServiceDefinition
-from ..rulebook import Rulebook
+from ..engine.rulebook import Rulebook
 from .search import Search, clinical_date
 
 USER = "Practitioner/population-replay"

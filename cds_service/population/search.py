@@ -14,8 +14,8 @@ from datetime import datetime
 from typing import Any, Mapping
 from urllib.parse import parse_qsl
 
-from ..labs import as_datetime
-from ..orders import reference_target
+from ..clinical.labs import as_datetime
+from ..record.references import reference_target
 
 PATIENT_TOKEN = "{{context.patientId}}"
 CODE_ELEMENTS = {"Observation": "code", "Condition": "code", "AllergyIntolerance": "code",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..rulebook import INDICATOR_RANK
+from ..engine.rulebook import INDICATOR_RANK
 from .request import Plan
 from .tasks import EXAMPLES_KEPT, MEDICATIONS_KEPT, Problem, Tally
 

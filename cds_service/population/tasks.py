@@ -28,8 +28,8 @@ from typing import Any
 
 from ..feedback.settings import patient_hash
 from ..hooks import InvalidRequest
-from ..orders import index
-from ..rulebook import Rulebook
+from ..record.references import index
+from ..engine.rulebook import Rulebook
 from ..service import CdsService, PreconditionFailed
 from . import export
 from .request import Plan

@@ -1,9 +1,9 @@
-# The lab's FHIR server where HAPI cannot be pulled: the server the tests run (tests/fhir_server.js, Medplum's
+# The lab's FHIR server where HAPI cannot be pulled: the server the tests run (devtools/fhir_server.js, Medplum's
 # in-memory FHIR router from npm behind the project's glue), at HAPI's address, http://localhost:8081/fhir.
-# Built with tests/ as the context (deploy/lab/fhir-medplum.yml). Its data lives in memory: a restart empties
+# Built with devtools/ as the context (deploy/lab/fhir-medplum.yml). Its data lives in memory: a restart empties
 # it, and the lab's loader fills it again.
 FROM node:20-bookworm-slim
-# The version the tests pin (tests/fhir_server.py, MEDPLUM_VERSION); tests/test_deploy_files.py keeps them equal.
+# The version the tests pin (devtools/fhir_server.py, MEDPLUM_VERSION); tests/test_deploy_files.py keeps them equal.
 ARG MEDPLUM_VERSION=5.2.13
 WORKDIR /srv/fhir
 RUN npm install --no-audit --no-fund --loglevel=error "@medplum/fhir-router@${MEDPLUM_VERSION}" \

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
 
-from . import references
+from ..record.references import as_list
 from .codesystems import CodeSystems
 
 SUBCUTANEOUS = re.compile(r"\b(subcutaneous|subcut|s\.?c\.?|sq|subq)\b", re.I)
@@ -75,7 +75,7 @@ class CodeSet:
         return next((t for t in texts if self.names.search(t)), None)
 
 
-class Catalogue:
+class Products:
     """Matchers for products, drug groups and reaction substances, built from rules/ data."""
 
     def __init__(self, products: dict[str, Any], valuesets: dict[str, Any]) -> None:
@@ -177,68 +177,6 @@ def _code_set(spec: dict[str, Any], systems: dict[str, str]) -> CodeSet:
     return CodeSet(codes, spec.get("names", ()))
 
 
-def medication_of(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The CodeableConcept naming the drug of a MedicationRequest/-Administration/-Statement.
-
-    Follows `medicationReference` into contained resources ("#id") or other resources of the same
-    request (by reference in any of its forms, or by fullUrl: see `index`); an unresolvable reference
-    yields its display, if any.
-    """
-    concept = resource.get("medicationCodeableConcept")
-    if isinstance(concept, dict):
-        return concept
-    reference = resource.get("medicationReference")
-    if not isinstance(reference, dict):
-        return None
-    target = referenced_medication(resource, bundle)
-    if target is not None and isinstance(target.get("code"), dict):
-        return target["code"]
-    display = reference.get("display")
-    return {"text": display} if isinstance(display, str) else None
-
-
-def referenced_medication(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """The Medication a `medicationReference` points to, when it is contained or among `bundle`."""
-    reference = resource.get("medicationReference")
-    ref = reference.get("reference") if isinstance(reference, dict) else None
-    if not isinstance(ref, str):
-        return None
-    if ref.startswith("#"):
-        return next((c for c in as_list(resource.get("contained"))
-                     if isinstance(c, dict) and c.get("id") == ref[1:]), None)
-    target = bundle.get(ref) or bundle.get(references.key(ref) or "")
-    return target if isinstance(target, dict) else None
-
-
-def unresolved_reference(resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> str | None:
-    """The Medication reference (as written) a resource names its drug by, when that Medication is neither
-    contained nor in `bundle`, so that it must be fetched; None otherwise."""
-    reference = resource.get("medicationReference")
-    ref = reference.get("reference") if isinstance(reference, dict) else None
-    if not isinstance(ref, str) or ref.startswith("#") or referenced_medication(resource, bundle) is not None:
-        return None
-    return ref if reference_target(ref) else None
-
-
-def reference_target(reference: str) -> str | None:
-    """"Medication/id" for a reference to a Medication in any form; None for anything else."""
-    target = references.key(reference)
-    return target if target and target.startswith("Medication/") else None
-
-
-def index(resources: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The Medications among `resources`, for `medicationReference`: by "Medication/id", and by
-    "urn:uuid:<id>" where the id is a uuid (a Bundle's internal references, as Synthea writes them)."""
-    found: dict[str, dict[str, Any]] = {}
-    for resource in resources:
-        rid = resource.get("id")
-        if resource.get("resourceType") == "Medication" and isinstance(rid, str):
-            found[f"Medication/{rid}"] = resource
-            if references.uuid_id(f"urn:uuid:{rid}"):
-                found[f"urn:uuid:{rid}"] = resource
-    return found
-
-
 def route_text(resource: dict[str, Any]) -> str:
     """Route words and codes from dosageInstruction (MedicationRequest) or dosage (Administration)."""
     parts: list[str] = []
@@ -288,12 +226,6 @@ def _codings_and_texts(concept: Any) -> tuple[list[dict[str, Any]], list[str]]:
     codings = [c for c in as_list(concept.get("coding")) if isinstance(c, dict)]
     texts = [concept.get("text")] + [c.get("display") for c in codings]
     return codings, [t for t in texts if isinstance(t, str) and t]
-
-
-def as_list(value: Any) -> list[Any]:
-    if isinstance(value, list):
-        return value
-    return [value] if isinstance(value, dict) else []
 
 
 def _plain_code(system: str | None, code: str) -> str:

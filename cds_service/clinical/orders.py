@@ -9,7 +9,8 @@ from typing import Any, Iterable
 
 from .facts import record_gap, skew, unknown_system
 from .labs import as_datetime
-from .orders import Catalogue, Match, Product, dose, medication_of, route_text, unresolved_reference
+from ..record.references import medication_of, unresolved_reference
+from .products import Match, Product, Products, dose, route_text
 
 DOSE_RESOURCES = {"MedicationAdministration": {"completed", "in-progress"},
                   "MedicationStatement": {"active", "completed"},
@@ -41,13 +42,13 @@ class Dose:
 
 
 class Anchors:
-    def __init__(self, catalogue: Catalogue, thresholds: dict[str, Any]) -> None:
-        self.catalogue = catalogue
+    def __init__(self, products: Products, thresholds: dict[str, Any]) -> None:
+        self.products = products
         self._reminders = thresholds["reminders"]
         self.skew = skew(thresholds)
 
     def ordered_drug(self, resource: dict[str, Any], bundle: dict[str, dict[str, Any]]) -> OrderedDrug | None:
-        found = self.catalogue.product(medication_of(resource, bundle), route_text(resource))
+        found = self.products.product(medication_of(resource, bundle), route_text(resource))
         if found is None:
             return None
         product, match = found
@@ -70,7 +71,7 @@ class Anchors:
             reference = unresolved_reference(resource, bundle) if concept is None else None
             if reference:
                 unidentified.append(unfetched.get(reference, "it could not be retrieved"))
-            matched = self.catalogue.product(concept, route_text(resource))
+            matched = self.products.product(concept, route_text(resource))
             when = _time_of(resource)
             if not (matched and when):
                 continue
@@ -92,7 +93,7 @@ class Anchors:
         then costs the same however many orders come with it. A lone anti-CD20 order's own groups are
         not needed (its premedication is looked for among the other orders)."""
         lone = {id(drugs[0].resource)} if len(drugs) == 1 else set()
-        of = {id(r): self.catalogue.groups(medication_of(r, bundle)) for r in drafts if id(r) not in lone}
+        of = {id(r): self.products.groups(medication_of(r, bundle)) for r in drafts if id(r) not in lone}
         return DraftGroups(of, Counter(group for groups in of.values() for group in groups))
 
     def order(self, drug: OrderedDrug, hook: str, doses: list[Dose], draft_groups: DraftGroups,
@@ -116,7 +117,7 @@ class Anchors:
         return fact
 
     def vaccine_order(self, resource: dict[str, Any], hook: str, bundle: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        kind = self.catalogue.vaccine(medication_of(resource, bundle))
+        kind = self.products.vaccine(medication_of(resource, bundle))
         if kind is None or kind[0] != "live":  # the only vaccine-order rule is about live vaccines
             return None
         return {"kind": "order", "about": "vaccine", "hook": hook, "live": kind[0], "name": kind[1],
@@ -155,11 +156,11 @@ class Anchors:
         missing = [g for g in needed if draft_groups.counts[g] - (g in own) <= 0]
         names = product.data.get("premedication_names") or {}
         return {"premedication_missing": bool(missing),
-                "premedication_missing_text": " and ".join(names.get(g) or self.catalogue.group_label(g)
+                "premedication_missing_text": " and ".join(names.get(g) or self.products.group_label(g)
                                                            for g in missing)}
 
 
-def prior_depletion(resources: Iterable[dict[str, Any]], catalogue: Catalogue, bundle: dict[str, dict[str, Any]],
+def prior_depletion(resources: Iterable[dict[str, Any]], products: Products, bundle: dict[str, dict[str, Any]],
                     now: datetime, allowance: timedelta) -> list[dict[str, Any]]:
     """Facts for past cladribine or alemtuzumab (any record of it being given or ordered); a record dated
     more than `allowance` after now is a data problem instead."""
@@ -170,10 +171,10 @@ def prior_depletion(resources: Iterable[dict[str, Any]], catalogue: Catalogue, b
         if resource.get("status") in HISTORY_STATUS_EXCLUDED:
             continue
         when = _time_of(resource)
-        groups = [g for g in catalogue.groups(medication_of(resource, bundle)) if g in PRIOR_DEPLETING]
+        groups = [g for g in products.groups(medication_of(resource, bundle)) if g in PRIOR_DEPLETING]
         if not (when and groups):
             continue
-        label = catalogue.group_label(groups[0])
+        label = products.group_label(groups[0])
         if when > now + allowance:
             facts.append(record_gap("prior-therapy", f"a record of {label}", _dated_after_now(when), "is dated after now"))
         else:

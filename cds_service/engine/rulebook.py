@@ -18,9 +18,19 @@ from typing import Any
 
 import yaml
 
-from .hooks import SERVICE_IDS
+from ..hooks import SERVICE_IDS
 
-DEFAULT_RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
+
+def _shipped_rules() -> Path:
+    """The rules the package ships: its own copy when installed from a wheel (pyproject.toml maps rules/
+    into cds_service/_data/rules), else the repository's rules/ beside the package, as in a checkout or an
+    editable install, where they are edited. CDS_RULES_DIR names a site's own instead."""
+    package = Path(__file__).resolve().parent.parent
+    installed = package / "_data" / "rules"
+    return installed if installed.is_dir() else package.parent / "rules"
+
+
+DEFAULT_RULES_DIR = _shipped_rules()
 INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 ABOUT = ("anti-cd20", "vaccine", "chart")
 _COMPARATORS = {"gt": "$gt", "ge": "$gte", "lt": "$lt", "le": "$lte", "ne": "$neq"}

@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from sqlalchemy import Connection, delete, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ..auth import ReplayCacheUnavailable
 from .models import UsedToken
 from .store import Store, StoreUnavailable
 
@@ -29,6 +28,12 @@ log = logging.getLogger(__name__)
 SWEEP_EVERY_S = 60.0
 SWEEP_BATCH = 500  # rows per sweep: a minute's calls of a busy site, deleted in milliseconds
 TOKENS = UsedToken.__table__
+
+
+class ReplayCacheUnavailable(Exception):
+    """A valid token whose id could not be checked against the replay cache: the call is refused, since
+    accepting it could accept a replay, but with 503 and Retry-After rather than 401, because the token
+    is fine and the same token sent again is accepted once the cache answers (it was not recorded)."""
 
 
 class DatabaseReplayCache:

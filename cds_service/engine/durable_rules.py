@@ -33,7 +33,7 @@ from typing import Any
 
 from durable import engine as durable
 
-from . import deadline
+from .. import deadline
 from .rulebook import Rulebook
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Pure: resources in, dicts out. Every number is already in its analyte's canonical unit, every limit says
 where it came from, and every check that cannot run becomes an `unavailable` fact rather than silence.
-The facts about what is being ordered (the rules' anchor) are built in anchors.py.
+The facts about what is being ordered (the rules' anchor) are built in orders.py.
 """
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ from fhir.resources.R4B.immunization import Immunization
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
-from . import deadline
+from .. import deadline
 from .codesystems import CodeSystems
 from .labs import Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir
-from .orders import Catalogue, as_list, index, medication_of, route_text
-from .rulebook import Rulebook
+from ..record.references import as_list, index, medication_of
+from .products import Products, route_text
+from ..engine.rulebook import Rulebook
 from .units import Units
 
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
@@ -37,7 +38,7 @@ GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose h
 class FactBuilder:
     def __init__(self, rulebook: Rulebook) -> None:
         self._rulebook = rulebook
-        self.catalogue = Catalogue(rulebook.products, rulebook.valuesets)
+        self.products = Products(rulebook.products, rulebook.valuesets)
         self._labs = LabReader(rulebook.valuesets, Units(rulebook.units))
         self._analytes = rulebook.valuesets["analytes"]
         self._systems = CodeSystems(rulebook.valuesets)
@@ -216,9 +217,9 @@ class FactBuilder:
         """Severe reactions to an anti-CD20 substance (high criticality, severe, or anaphylaxis)."""
         facts = []
         for resource in allergies:
-            substance = self.catalogue.substance(resource.get("code")) or next(
+            substance = self.products.substance(resource.get("code")) or next(
                 (m for r in as_list(resource.get("reaction")) if isinstance(r, dict)
-                 for m in [self.catalogue.substance(r.get("substance"))] if m), None)
+                 for m in [self.products.substance(r.get("substance"))] if m), None)
             if substance is None:
                 continue
             try:
@@ -261,9 +262,9 @@ class FactBuilder:
             if not statuses or resource.get("status") not in statuses:
                 continue
             concept = medication_of(resource, bundle)
-            for group in self.catalogue.groups(concept):
+            for group in self.products.groups(concept):
                 facts.append({"kind": "medication", "group": group, "display": _concept_text(concept)})
-            found = self.catalogue.product(concept, route_text(resource)) if resource.get("status") != "draft" else None
+            found = self.products.product(concept, route_text(resource)) if resource.get("status") != "draft" else None
             if found and not found[1].unknown_system:
                 facts.append({"kind": "active_therapy", "product": found[0].key, "short": found[0].data["short"],
                               "display": _concept_text(concept)})
@@ -274,7 +275,7 @@ class FactBuilder:
         for resource in immunizations:
             if resource.get("status") != "completed":
                 continue
-            kind = self.catalogue.vaccine(resource.get("vaccineCode"))
+            kind = self.products.vaccine(resource.get("vaccineCode"))
             if kind is None:
                 continue
             if kind[0] == "unrecognised":
@@ -301,7 +302,7 @@ def record_gap(subject: str, what: str, reason: str, brief: str = "") -> dict[st
 
 
 def foreign_fact(count: int) -> dict[str, Any]:
-    """Resources of another patient were received and left out (identity.py)."""
+    """Resources of another patient were received and left out (record/identity.py)."""
     noun = "resource" if count == 1 else "resources"
     return {"kind": "unavailable", "source": "identity", "analyte": "identity", "count": count,
             "count_text": f"{count} {noun}", "what": "data for another patient",

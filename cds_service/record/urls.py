@@ -1,7 +1,7 @@
 """URLs in one spelling, so that "is this under that base?" is asked of the URL that will really be fetched.
 
 The EHR's access token may go only to its FHIR base (fhir_client.py), and a caller may name only its
-issuer's FHIR servers (auth.py). A check on the URL as written can be fooled by what HTTP libraries and
+issuer's FHIR servers (web/auth.py). A check on the URL as written can be fooled by what HTTP libraries and
 servers do with it afterwards: `…/fhir/../admin/x` passes a prefix check and is sent as `/admin/x`;
 `%2e%2e` is a dot segment to many servers, `..;` one to Tomcat; `:443` is the https host itself. So URLs
 are brought to one form first (RFC 3986 §6.2.2: case, percent-encoding, dot segments; default ports

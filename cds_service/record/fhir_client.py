@@ -28,8 +28,9 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
-from . import deadline, urls
-from .hooks import HookRequest
+from .. import deadline
+from . import urls
+from ..hooks import HookRequest
 from .prefetch import AccessRefused, FetchFailed, NoFhirAccess
 
 log = logging.getLogger(__name__)

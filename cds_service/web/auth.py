@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 import jwt
 import yaml
 
-from . import jwks, urls
-from .config import Settings
+from . import jwks
+from ..record import urls
+from ..config import Settings
 
 log = logging.getLogger(__name__)
 ASYMMETRIC_ALGORITHMS = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
@@ -39,12 +40,6 @@ class AuthConfigError(ValueError):
 
 class Unauthorized(Exception):
     """The call is refused (401); the message is for the log and never holds the token."""
-
-
-class ReplayCacheUnavailable(Exception):
-    """A valid token whose id could not be checked against the replay cache: the call is refused, since
-    accepting it could accept a replay, but with 503 and Retry-After rather than 401, because the token
-    is fine and the same token sent again is accepted once the cache answers (it was not recorded)."""
 
 
 @dataclass(frozen=True)
@@ -70,12 +65,13 @@ class Caller:
 
 
 class ReplayCache(Protocol):
-    """Token ids seen and not yet expired; the service's is the feedback database's (feedback/replay.py),
-    which every worker and instance shares."""
+    """Token ids seen and not yet expired; the service's is the feedback database's
+    (feedback/token_replay.py), which every worker and instance shares."""
 
     def first_use(self, iss: str, jti: str, expires_at: float, now: float) -> bool:
         """Record the issuer's token id until expires_at, atomically; False if it was already recorded and
-        has not expired. Raises ReplayCacheUnavailable when it cannot tell."""
+        has not expired. Raises ReplayCacheUnavailable (feedback/token_replay.py)
+        when it cannot tell."""
         ...
 
 
@@ -283,7 +279,7 @@ def _is_key_url(url: str) -> bool:
 
 
 def _base_url(url: str) -> str | None:
-    """A FHIR base URL in its one spelling (urls.py: case, escapes, dot segments and default ports
+    """A FHIR base URL in its one spelling (record/urls.py: case, escapes, dot segments and default ports
     normalised, no trailing slash); None for URLs no configured base URL should match (with user info,
     a query or a fragment, or read differently by different servers)."""
     parts = urls.normalise(url.strip())
