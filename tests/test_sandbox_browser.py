@@ -202,7 +202,8 @@ def _report(stack: Stack) -> dict[str, dict[str, str]]:
     env = {**os.environ, "CDS_DATABASE_URL": stack.database_url}
     done = subprocess.run([str(BIN / "cds-service"), "report"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    rows = [dict(zip(REPORT_COLUMNS, re.split(r"\s{2,}", line.strip()))) for line in done.stdout.splitlines()[2:]]
+    feedback_table = done.stdout.split("\n\n")[0].splitlines()[2:]  # the live/silent and weekly tables follow
+    rows = [dict(zip(REPORT_COLUMNS, re.split(r"\s{2,}", line.strip()))) for line in feedback_table]
     return {row["rule"]: row for row in rows}
 
 
