@@ -11,19 +11,19 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from .web import auth, jsonbody
-from .engine import catalogue, rulebook
 from . import logs
-from .web.app import build_service
 from .config import Settings
 from .deadline import DeadlineExceeded
-from .web.cors import Cors, CorsConfigError
+from .engine import catalogue, rulebook
 from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
 from .feedback.store import open_for_serving
 from .hooks import InvalidRequest
 from .population import command as replay_command
 from .service import CdsService, PreconditionFailed, UnknownService
+from .web import auth, jsonbody
+from .web.app import build_service
+from .web.cors import Cors, CorsConfigError
 
 log = logging.getLogger("cds_service")
 

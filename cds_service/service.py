@@ -8,14 +8,14 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import deadline, hooks, shadow
+from .clinical.facts import FactBuilder, foreign_fact, record_gap, unknown_system
+from .clinical.orders import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
+from .engine import rulebook
+from .engine.durable_rules import Engine, Finding
+from .engine.rulebook import Rulebook
 from .metrics import EVALUATION_SECONDS
 from .record import prefetch
-from .engine import rulebook
-from .clinical.orders import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
-from .engine.durable_rules import Engine, Finding
-from .clinical.facts import FactBuilder, foreign_fact, record_gap, unknown_system
 from .record.references import index
-from .engine.rulebook import Rulebook
 
 log = logging.getLogger(__name__)
 ORDER_TYPES = {"MedicationRequest", "MedicationOrder"}

@@ -17,11 +17,11 @@ from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
 from .. import deadline
+from ..engine.rulebook import Rulebook
+from ..record.references import as_list, index, medication_of
 from .codesystems import CodeSystems
 from .labs import Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir
-from ..record.references import as_list, index, medication_of
 from .products import Products, route_text
-from ..engine.rulebook import Rulebook
 from .units import Units
 
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
+from ..record.references import medication_of, unresolved_reference
 from .facts import record_gap, skew, unknown_system
 from .labs import as_datetime
-from ..record.references import medication_of, unresolved_reference
 from .products import Match, Product, Products, dose, route_text
 
 DOSE_RESOURCES = {"MedicationAdministration": {"completed", "in-progress"},

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from html import escape
 
-from .charts import Bar, bar_columns, bar_rows, svg
 from .analytics import Report, RuleFigures, per_mille, percent, shadow_table, week_table
+from .charts import Bar, bar_columns, bar_rows, svg
 
 HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
            "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}

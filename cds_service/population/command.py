@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import hooks
-from ..record import prefetch
-from ..engine import rulebook
 from ..config import Settings
+from ..engine import rulebook
 from ..feedback.settings import StoreSettings
+from ..record import prefetch
 from . import export, page, summary, tasks
 from .request import BadPlan, Plan
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Mapping
 
-from ..hooks import ServiceDefinition
 from ..engine.rulebook import Rulebook
+from ..hooks import ServiceDefinition
 from .search import Search, clinical_date
 
 USER = "Practitioner/population-replay"

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.rulebook import Rulebook
 from ..feedback.settings import patient_hash
 from ..hooks import InvalidRequest
 from ..record.references import index
-from ..engine.rulebook import Rulebook
 from ..service import CdsService, PreconditionFailed
 from . import export
 from .request import Plan

@@ -29,8 +29,8 @@ from requests.auth import AuthBase
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from .. import deadline
-from . import urls
 from ..hooks import HookRequest
+from . import urls
 from .prefetch import AccessRefused, FetchFailed, NoFhirAccess
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote
 
-from . import identity
-from . import references
 from ..hooks import HookRequest
+from . import identity, references
 
 log = logging.getLogger(__name__)
 

@@ -12,18 +12,18 @@ import yaml
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import admin, auth, jsonbody, observability
 from .. import logs
-from ..engine import rulebook
 from ..config import Settings
 from ..deadline import DeadlineExceeded
-from .cors import Cors
+from ..engine import rulebook
 from ..feedback import analytics, body as feedback_body, page
-from ..feedback.token_replay import DatabaseReplayCache, ReplayCacheUnavailable
 from ..feedback.store import Store, StoreUnavailable, open_for_serving
-from ..record.fhir_client import FetchSettings, FhirFetcher
+from ..feedback.token_replay import DatabaseReplayCache, ReplayCacheUnavailable
 from ..hooks import InvalidRequest
+from ..record.fhir_client import FetchSettings, FhirFetcher
 from ..service import CdsService, PreconditionFailed, UnknownService, utc_now
+from . import admin, auth, jsonbody, observability
+from .cors import Cors
 
 log = logging.getLogger(__name__)
 OPENAPI = Path(__file__).with_name("openapi.yaml")

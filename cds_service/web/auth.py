@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import jwt
 import yaml
 
-from . import jwks
-from ..record import urls
 from ..config import Settings
+from ..record import urls
+from . import jwks
 
 log = logging.getLogger(__name__)
 ASYMMETRIC_ALGORITHMS = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
