@@ -77,10 +77,10 @@ class FactBuilder:
         return "unknown"
 
     def _lab_facts(self, observations: list[dict[str, Any]], sex: str, now: datetime) -> list[dict[str, Any]]:
-        """The latest readable final result per analyte (every recent one where any counts), and each
-        result newer than it that could not be read. A preliminary result stands in only while no final
-        one exists: it never replaces a final one. Results are read newest first and only as far as
-        needed: a long record's older results are never validated."""
+        """The latest readable final result per analyte (every recent one where any counts), the newest
+        preliminary result when it is newer than that, and each result newer than it that could not be
+        read. Results are read newest first and only as far as needed: a long record's older results are
+        never validated."""
         by_analyte: dict[str, list[tuple[dict[str, Any], Coded]]] = {}
         for resource in observations:
             coded = self._labs.analyte_of(resource)
@@ -95,7 +95,14 @@ class FactBuilder:
 
     def _readings(self, analyte: str, entries: list[tuple[dict[str, Any], Coded]], now: datetime
                   ) -> tuple[list[LabResult], list[tuple[Unreadable, dict[str, Any]]]]:
-        """The results of one analyte the rules use, and the unreadable ones newer than every final one."""
+        """The results of one analyte the rules use, and the unreadable ones newer than every final one.
+
+        A preliminary (or other non-final) result newer than the latest final one is used beside it, not
+        instead of it: the rules see both, so either one being abnormal gives its card. Today's preliminary
+        ANC of 0.3 is not hidden by a normal final count from three weeks ago, and a normal preliminary
+        does not silence the abnormal final result it may yet be corrected to confirm; a missed warning
+        costs more than a second row in the card's table. The preliminary one is marked as such wherever
+        its value is shown (value_text)."""
         days = self._analytes[analyte].get("every_result_days")
         wanted = EVERY_RESULT_CAP if days else 1
         final: list[LabResult] = []
@@ -116,15 +123,16 @@ class FactBuilder:
                     break
             elif isinstance(reading, LabResult) and provisional is None:
                 provisional = reading
-        return final or ([provisional] if provisional else []), unreadable
+        return final + ([provisional] if provisional else []), unreadable
 
     def _lab_fact(self, lab: LabResult, sex: str, now: datetime) -> dict[str, Any]:
         fact: dict[str, Any] = {
             "kind": "lab", "analyte": lab.analyte, "label": self._analytes[lab.analyte]["label"],
             **_age(lab.when, now), "status": lab.status,
         }
+        marked = "" if lab.final else " (preliminary)" if lab.status == "preliminary" else f" (not final: {lab.status})"
         if lab.result is not None:
-            return {**fact, "result": lab.result, "value_text": lab.result}
+            return {**fact, "result": lab.result, "value_text": lab.result + marked}
         low, high, source = lab.low, lab.high, lab.range_source
         default = DEFAULT_LIMITS.get(lab.analyte)
         if default == "high" and high is None:
@@ -133,7 +141,7 @@ class FactBuilder:
             low, source = self._rulebook.thresholds["igg"]["lln_mg_dl"], "the default limit"
         shown = f"{_num(lab.value)} {lab.unit}"  # lab.unit is the family's display form (units.yaml)
         fact.update(value=round(lab.value, 9), unit=lab.unit, range_source=source,
-                    value_text=f"{shown} (reported as {lab.original})" if lab.original else shown)
+                    value_text=(f"{shown} (reported as {lab.original})" if lab.original else shown) + marked)
         if high:
             fact.update(uln=high, uln_text=f"{_num(high)} {lab.unit}", x_uln=round(lab.value / high, 9),
                         x_uln_text=f"{lab.value / high:.2f} ×")
