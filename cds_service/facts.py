@@ -6,9 +6,10 @@ The facts about what is being ordered (the rules' anchor) are built in anchors.p
 """
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 
 from . import deadline
 from .codesystems import CodeSystems
-from .labs import Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir
+from .labs import TOO_LARGE, Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir, oversized
 from .orders import Catalogue, as_list, index, medication_of, route_text
 from .rulebook import Rulebook
 from .units import Units
@@ -32,6 +33,7 @@ GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose h
                 "statements": "the medication statements (doses recorded elsewhere)",
                 "medications": "the medication list", "allergies": "the allergy list",
                 "immunizations": "the immunization history"}
+M = TypeVar("M", Patient, Condition, AllergyIntolerance, Immunization)
 
 
 class FactBuilder:
@@ -69,10 +71,10 @@ class FactBuilder:
 
     def sex(self, patients: list[dict[str, Any]]) -> str:
         for resource in patients:
-            try:
-                gender = Patient.model_validate(resource).gender
-            except ValidationError:
+            patient, _ = _validated(Patient, resource)
+            if patient is None:
                 return "unknown"
+            gender = patient.gender
             return gender if gender in ("male", "female") else "unknown"
         return "unknown"
 
@@ -186,10 +188,9 @@ class FactBuilder:
                 facts.append(record_gap(f"condition:{group}", what, problem, "is coded under an unknown code system"))
                 continue
             deadline.check()
-            try:
-                condition = Condition.model_validate(resource)
-            except (ValidationError, RecursionError) as e:
-                facts.append(record_gap(f"condition:{group}", what, _invalid(e), "is not valid FHIR"))
+            condition, problem = _validated(Condition, resource)
+            if condition is None:
+                facts.append(record_gap(f"condition:{group}", what, *problem))
                 continue
             if not (_is_active(condition) or (spec.get("history_counts", False) and _is_confirmed(condition))):
                 continue
@@ -229,11 +230,9 @@ class FactBuilder:
                  for m in [self.catalogue.substance(r.get("substance"))] if m), None)
             if substance is None:
                 continue
-            try:
-                allergy = AllergyIntolerance.model_validate(resource)
-            except (ValidationError, RecursionError) as e:
-                facts.append(record_gap("reaction", f"an allergy-list entry for {substance.what}", _invalid(e),
-                                        "is not valid FHIR"))
+            allergy, problem = _validated(AllergyIntolerance, resource)
+            if allergy is None:
+                facts.append(record_gap("reaction", f"an allergy-list entry for {substance.what}", *problem))
                 continue
             if _first_code(allergy.clinicalStatus) in ("inactive", "resolved") or \
                     _first_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
@@ -288,11 +287,11 @@ class FactBuilder:
             if kind[0] == "unrecognised":
                 facts.append(record_gap("vaccine", "a vaccine record", kind[1], "is coded under an unknown code system"))
                 continue
-            try:
-                given = Immunization.model_validate(resource).occurrenceDateTime
-            except (ValidationError, RecursionError) as e:
-                facts.append(record_gap("vaccine", f"a {kind[1]} record", _invalid(e), "is not valid FHIR"))
+            immunization, problem = _validated(Immunization, resource)
+            if immunization is None:
+                facts.append(record_gap("vaccine", f"a {kind[1]} record", *problem))
                 continue
+            given = immunization.occurrenceDateTime
             when = as_datetime(given) if given is not None else None
             if when and when > now + self.skew:
                 facts.append(record_gap("vaccine", f"a {kind[1]} record", _dated_after_now(when), "is dated after now"))
@@ -333,6 +332,17 @@ def _dated_after_now(when: datetime) -> str:
 
 def _future(analyte: str, when: datetime) -> Unreadable:
     return Unreadable(analyte, when, _dated_after_now(when), "is dated after now")
+
+
+def _validated(model: type[M], resource: dict[str, Any]) -> tuple[M | None, tuple[str, str]]:
+    """The resource as `model`, or None and why not (reason, brief): not valid FHIR, or too large to
+    validate within a call's budget (labs.MAX_ELEMENTS: validation runs in one go, between deadline checks)."""
+    if oversized(json.dumps(resource, separators=(",", ":"))):
+        return None, (TOO_LARGE, "is too large to read")
+    try:
+        return model.model_validate(resource), ("", "")
+    except (ValidationError, RecursionError) as e:
+        return None, (_invalid(e), "is not valid FHIR")
 
 
 def _invalid(error: Exception) -> str:

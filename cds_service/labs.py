@@ -28,6 +28,10 @@ FINAL_STATUS = {"final", "amended", "corrected"}  # a result any other status (p
 READINGS_KEPT = 4096  # a few hundred patients' results: a few MB at most
 MAX_MAGNITUDE = 1e12  # no measurement in any canonical unit comes near it (HBV DNA stays below 1e10 IU/mL)
 MIN_LIMIT = 1e-3  # the smallest non-zero reference limit taken: a value divided by a smaller one means nothing
+MAX_ELEMENTS = 20_000  # JSON values in one resource; real ones have well under a hundred. Validation costs
+# tens of microseconds a value and runs in one go, between two deadline checks: this keeps one resource well
+# under a call's budget (700 000 one-word notes in one result, a 10 MB body, took 40 s to validate)
+TOO_LARGE = f"is too large to read (more than {MAX_ELEMENTS} elements): not validated, so not used"
 REMEMBERED_CHARS = 16 * 1024  # a longer result (real ones are ~1 kB) is read, not remembered: 4096 results
 # of megabytes each, sent on purpose, would otherwise fill a worker's memory
 
@@ -105,6 +109,8 @@ class LabReader:
         if coded.problem:
             return Unreadable(coded.analyte, None, coded.problem, "is coded under an unknown code system")
         text = json.dumps(resource, separators=(",", ":"))
+        if oversized(text):
+            return Unreadable(coded.analyte, None, TOO_LARGE, "is too large to read")
         read = self._read_text if len(text) <= REMEMBERED_CHARS else self._read_text_uncached
         return read(text, coded.analyte)
 
@@ -212,6 +218,12 @@ def invalid_fhir(error: ValidationError) -> str:
         f"{'.'.join(str(p) for p in e['loc']) or 'the resource'}: {e['msg'].removeprefix('Value error, ')}"
         for e in error.errors())
     return "is not valid FHIR (" + "; ".join(problems) + ")"
+
+
+def oversized(text: str) -> bool:
+    """Whether a resource's compact JSON text holds more than MAX_ELEMENTS values, counted at C speed by
+    its separators (commas inside strings count too, which errs only towards refusing)."""
+    return text.count(",") + text.count("{") + text.count("[") > MAX_ELEMENTS
 
 
 def plausible(value: float) -> bool:

@@ -449,6 +449,20 @@ def test_a_reference_limit_no_lab_could_set_gives_way_to_the_default_one(served,
     assert not {"liver-enzymes-elevated", "liver-injury"} & set(cards)
 
 
+@pytest.mark.parametrize("resource", ["result", "problem"])
+def test_one_resource_too_large_to_validate_in_the_budget_is_reported_and_not_read(served, watch, resource):
+    """100 000 one-word notes in one result (or problem-list entry) took seconds to validate in one go,
+    between two deadline checks, past the 1 s budget; now it is a data-unavailable line, in time."""
+    notes = [{"text": "x"}] * 100_000
+    big = {**(fb.lab(fb.ANC, 0.3, "10*9/L", days_ago=2) if resource == "result" else cb.problem("84114007")),
+           "note": notes}
+    request = cb.request(keys=example_request(ORDINARY)["prefetch"], orders=[cb.order(cb.concept(cb.OCREVUS))],
+                         **({"labs": [big]} if resource == "result" else {"conditions": [big]}))
+    cards = _cards_of_held_call(served, watch, json.dumps(request).encode())
+    assert "too large to read" in cards["data-unavailable"]["summary"]
+    assert not {"neutropenia", "cardiac-history"} & set(cards)
+
+
 # --- record text in cards -------------------------------------------------------------------------------------
 
 def test_markup_in_the_record_shows_as_text_and_never_as_markup(served, watch):
