@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 from . import admin, auth, jsonbody, logs, observability, rulebook
 from .config import Settings
 from .deadline import DeadlineExceeded
+from .engine import EngineFailure
 from .cors import Cors
 from .feedback import analytics, body as feedback_body, page
 from .feedback.replay import DatabaseReplayCache
@@ -112,6 +113,9 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             log.warning("hook call stopped at its deadline", extra={"fields": {"service": service_id}})
             return _unavailable(f"the checks did not finish within {settings.call_budget_seconds:g} s, so no "
                                 "cards are given (a partial set could hide a warning); send the call again")
+        except EngineFailure as e:
+            log.error("hook call stopped: the rules engine failed", extra={"fields": {"service": service_id}})
+            return _unavailable(f"{e}, so no cards are given (a partial set could hide a warning)")
         g.log_fields = {"service": service_id, "cards": [c["source"]["topic"]["code"] for c in result["cards"]],
                         "silent": [c["source"]["topic"]["code"] for c in silent]}
         observability.count_cards(result["cards"])

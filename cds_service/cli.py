@@ -15,6 +15,7 @@ from . import auth, catalogue, jsonbody, logs, rulebook
 from .app import build_service
 from .config import Settings
 from .deadline import DeadlineExceeded
+from .engine import EngineFailure
 from .cors import Cors, CorsConfigError
 from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
@@ -111,6 +112,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _fail(412, str(e))
     except DeadlineExceeded as e:
         return _fail(503, f"{e} ({settings.call_budget_seconds:g} s, CDS_CALL_BUDGET_SECONDS)")
+    except EngineFailure as e:
+        return _fail(503, f"{e}, so no cards are given")
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0
