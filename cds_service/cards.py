@@ -183,7 +183,7 @@ def _detail(lead: _Part, others: list[_Part], source: dict[str, str], rulebook: 
 
 def _row(fact: Mapping[str, Any]) -> tuple[str, ...]:
     if "result" in fact:
-        return fact["label"], fact["result"], fact["date"], "", ""
+        return fact["label"], fact["value_text"], fact["date"], "", ""  # value_text: the result, marked if not final
     limit, times = "", ""
     if fact.get("limit_used") == "high" and "uln_text" in fact:
         limit, times = f"upper {fact['uln_text']} ({fact['range_source']})", fact["x_uln_text"]

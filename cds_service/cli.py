@@ -15,6 +15,7 @@ from . import logs
 from .config import Settings
 from .deadline import DeadlineExceeded
 from .engine import catalogue, rulebook
+from .engine.durable_rules import EngineFailure
 from .feedback import commands as feedback_commands
 from .feedback.settings import ConfigError
 from .feedback.store import open_for_serving
@@ -113,6 +114,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         return _fail(412, str(e))
     except DeadlineExceeded as e:
         return _fail(503, f"{e} ({settings.call_budget_seconds:g} s, CDS_CALL_BUDGET_SECONDS)")
+    except EngineFailure as e:
+        return _fail(503, f"{e}, so no cards are given")
     json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
     print()
     return 0

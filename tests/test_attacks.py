@@ -101,10 +101,14 @@ class Served:
                  log_path: Path) -> None:
         self.base, self.master, self.ehr, self.slow, self.fhir, self.log_path = base, master, ehr, slow, fhir, log_path
 
-    def worker_rss_mb(self) -> float:
-        """Resident memory of the one gunicorn worker (the master's only child)."""
+    def worker(self) -> str:
+        """The process id of the one gunicorn worker (the master's only child)."""
         [worker] = Path(f"/proc/{self.master}/task/{self.master}/children").read_text().split()
-        status = Path(f"/proc/{worker}/status").read_text()
+        return worker
+
+    def worker_rss_mb(self) -> float:
+        """Resident memory of the one gunicorn worker."""
+        status = Path(f"/proc/{self.worker()}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
 
     def post(self, path: str, body: Any, ehr: SigningEhr | None = None, timeout: float = 30,
@@ -387,6 +391,76 @@ def test_a_fhir_server_that_only_looks_like_the_issuers_is_refused_before_any_fe
     assert served.fhir.hits == []
     refused = [c for c in response.json()["cards"] if c["source"]["topic"]["code"] == "data-unavailable"]
     assert len(refused) == 1 and "not a FHIR server this EHR's issuer is trusted for" in refused[0]["detail"]
+
+
+# --- numbers the rules engine cannot read ---------------------------------------------------------------------
+
+HUGE_INTEGER = "1" + "0" * 400  # json.loads takes it; float() of it raises OverflowError
+NUMBER = 777.125  # stands in for the number under attack in the JSON text, replaced there as written
+
+
+def _with_number(number: str, where: str) -> bytes:
+    """The ordinary request with `number`, as JSON text, as an ANC result's value, the ordered dose, or the
+    upper reference limit of an ALT result of 30 U/L."""
+    labs = [fb.lab(fb.ANC, NUMBER if where == "anc" else 3.1, "10*9/L", days_ago=2),
+            fb.lab(fb.ALT, 30, "U/L", days_ago=2, high=NUMBER if where == "range" else 40)]
+    dose = (NUMBER if where == "dose" else 300, "mg")
+    request = cb.request(keys=example_request(ORDINARY)["prefetch"], orders=[cb.order(cb.concept(cb.OCREVUS), dose=dose)],
+                         labs=labs)
+    text = json.dumps(request)
+    assert text.count(str(NUMBER)) == 1
+    return text.replace(str(NUMBER), number).encode()
+
+
+def _cards_of_held_call(served: Served, watch: Callable[[], Watch], body: bytes) -> dict[str, dict[str, Any]]:
+    """The cards of a 200 answer to `body`, given by the same worker as before it (it did not crash)."""
+    worker = served.worker()
+    with watch():
+        response = served.post(SIGN, body)
+    assert response.status_code == 200, response.text
+    assert served.worker() == worker
+    return fb.cards_by_rule(response.json())
+
+
+@pytest.mark.parametrize("number", ["1e+16", "1e400", "-1e400", HUGE_INTEGER, "NaN", "Infinity", "-3", "true"])
+def test_a_lab_value_no_measurement_can_have_is_unreadable_and_never_compared(served, watch, number):
+    """durable-rules' JSON parser crashed the worker on numbers in exponent form and on Infinity."""
+    cards = _cards_of_held_call(served, watch, _with_number(number, "anc"))
+    assert "neutropenia" not in cards
+    assert "absolute neutrophil count result of 2026-11-19" in cards["data-unavailable"]["summary"]
+
+
+@pytest.mark.parametrize("number", ["1e-05", "5E-7", "0.00005", "0"])
+def test_an_anc_of_next_to_nothing_in_exponent_form_is_compared_as_the_number_it_is(served, watch, number):
+    card = _cards_of_held_call(served, watch, _with_number(number, "anc"))["neutropenia"]
+    assert card["indicator"] == "critical" and "grade 4" in card["summary"]
+
+
+@pytest.mark.parametrize("number", ["1e+16", "1e400", HUGE_INTEGER, "NaN", "-Infinity", "true", '"300"'])
+def test_a_dose_that_is_not_a_readable_number_is_not_checked_as_one(served, watch, number):
+    card = _cards_of_held_call(served, watch, _with_number(number, "dose"))["dose-unexpected"]
+    assert "(a dose in an amount that is not a readable number) cannot be checked" in card["summary"]
+
+
+@pytest.mark.parametrize("number", ["1e-300", "1e+300", "NaN", HUGE_INTEGER])
+def test_a_reference_limit_no_lab_could_set_gives_way_to_the_default_one(served, watch, number):
+    """ALT 30 U/L over an upper limit of 1e-300 would be 3e+301 × ULN: the default limit is used instead."""
+    cards = _cards_of_held_call(served, watch, _with_number(number, "range"))
+    assert not {"liver-enzymes-elevated", "liver-injury"} & set(cards)
+
+
+@pytest.mark.parametrize("resource", ["result", "problem"])
+def test_one_resource_too_large_to_validate_in_the_budget_is_reported_and_not_read(served, watch, resource):
+    """100 000 one-word notes in one result (or problem-list entry) took seconds to validate in one go,
+    between two deadline checks, past the 1 s budget; now it is a data-unavailable line, in time."""
+    notes = [{"text": "x"}] * 100_000
+    big = {**(fb.lab(fb.ANC, 0.3, "10*9/L", days_ago=2) if resource == "result" else cb.problem("84114007")),
+           "note": notes}
+    request = cb.request(keys=example_request(ORDINARY)["prefetch"], orders=[cb.order(cb.concept(cb.OCREVUS))],
+                         **({"labs": [big]} if resource == "result" else {"conditions": [big]}))
+    cards = _cards_of_held_call(served, watch, json.dumps(request).encode())
+    assert "too large to read" in cards["data-unavailable"]["summary"]
+    assert not {"neutropenia", "cardiac-history"} & set(cards)
 
 
 # --- record text in cards -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import requests
 import cd20_builders as cb
 import fhir_builders as fb
 from cds_service import cards
-from cds_service.engine.durable_rules import Engine
+from cds_service.engine.durable_rules import Engine, _Host
 from cds_service.service import CdsService
 from conftest import NOW
 from security_support import serve
@@ -119,6 +119,31 @@ def test_no_fact_carries_over_to_the_next_patient(client, bodies):
     assert not (THRESHOLD_RULES | MISSING_RULES | {"data-unavailable"}) & _rules(normal)
     assert bad_again == bad
     assert other == {"cards": []}
+
+
+def _fail_assertions(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(self: _Host, ruleset: str, facts: Any, complete: Any = None) -> None:
+        raise Exception("Could not assert facts, error code: 999")  # how durable-rules reports its engine's errors
+
+    monkeypatch.setattr(_Host, "assert_facts", failing)
+
+
+def _leave_facts_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_Host, "retract_facts", lambda self, ruleset, facts, complete=None: None)
+
+
+@pytest.mark.parametrize("fault", [_fail_assertions, _leave_facts_behind], ids=["assertion-fails", "facts-left-behind"])
+def test_a_rules_engine_failure_gives_a_503_and_no_cards_and_the_next_call_is_whole(client, bodies, monkeypatch, fault):
+    """Findings from a run of the engine that did not complete could be missing a warning: none are given."""
+    service_id, body = bodies["bad-labs"]
+    whole = client.post(f"/cds-services/{service_id}", json=_afresh(body, 9001))
+    fault(monkeypatch)
+    failed = client.post(f"/cds-services/{service_id}", json=_afresh(body, 9002))
+    monkeypatch.undo()
+    assert failed.status_code == 503 and failed.headers["Retry-After"]
+    assert "no cards are given" in failed.get_json()["error"] and "cards" not in failed.get_json()
+    again = client.post(f"/cds-services/{service_id}", json=_afresh(body, 9003))
+    assert again.status_code == 200 and _rules(again.get_json()) == _rules(whole.get_json())
 
 
 @pytest.fixture(scope="module")

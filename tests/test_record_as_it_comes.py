@@ -449,6 +449,26 @@ def test_a_preliminary_result_never_replaces_a_final_one(ask):
     assert indicator(ask(labs=alone, doses=maintenance()), "igg-low") == "warning"  # none final: it stands in
 
 
+
+def test_a_newer_preliminary_result_is_checked_beside_the_final_one(ask):
+    """Today's preliminary ANC of 0.3 is not hidden by a normal final count from three weeks ago, and the
+    card says the result is preliminary; a normal preliminary after a normal final gives no card."""
+    labs = [*SCREENED, fb.lab(IGG, 950, "mg/dL", days_ago=60), *NORMAL_LIVER, fb.lab(ANC, 3.1, "10*9/L", days_ago=21),
+            fb.lab(ANC, 0.3, "10*9/L", days_ago=0.1, status="preliminary")]
+    card = ask(labs=labs, doses=maintenance())["neutropenia"]
+    assert card["indicator"] == "critical"
+    assert "ANC 0.3 ×10⁹/L (preliminary)" in card["summary"]
+    labs[-1] = fb.lab(ANC, 2.9, "10*9/L", days_ago=0.1, status="preliminary")
+    assert "neutropenia" not in ask(labs=labs, doses=maintenance())
+
+
+def test_a_newer_preliminary_positive_hbsag_is_not_hidden_by_an_older_negative_one(ask):
+    labs = [fb.serology(HBSAG, snomed=NEGATIVE, days_ago=200), fb.serology(ANTI_HBC, snomed=NEGATIVE, days_ago=200),
+            fb.serology(HBSAG, snomed=POSITIVE, days_ago=1, status="preliminary")]
+    card = ask(labs=labs, doses=maintenance())["hbv-active"]
+    assert card["indicator"] == "critical"
+    assert "| HBsAg | positive (preliminary) |" in card["detail"]
+
 def test_two_b_cell_depleting_therapies_signed_together(ask):
     cards = ask(orders=[b.order(b.concept(OCREVUS)), b.order(b.concept(RITUXAN), rid="order-2")], labs=BASELINE)
     card = cards["duplicate-therapy"]

@@ -56,12 +56,17 @@ def test_admin_reload_applies_new_overrides_in_every_worker(tmp_path, overrides)
         _all_workers(base, has_rule=False)
 
 
-def test_a_bad_set_is_refused_and_the_running_one_stays(tmp_path, overrides):
+@pytest.mark.parametrize("bad, named", [
+    ("rules:\n  cardiac-history:\n    enabled: nope\n", "rules.cardiac-history.enabled"),
+    # 0.00005 would reach durable-rules as 5e-05, which its parser mis-reads (engine/durable_rules.py)
+    ("thresholds:\n  neutrophils:\n    critical_below: 0.00005\n", "a rule compares with 5e-05"),
+], ids=["not-a-boolean", "a-limit-the-engine-cannot-read"])
+def test_a_bad_set_is_refused_and_the_running_one_stays(tmp_path, overrides, bad, named):
     with serve(_env(overrides), tmp_path / "serve.log") as base:
-        overrides.write_text("rules:\n  cardiac-history:\n    enabled: nope\n")
+        overrides.write_text(bad)
         answer = requests.post(f"{base}/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10)
         assert answer.status_code == 422
-        assert "rules.cardiac-history.enabled" in answer.json()["error"]
+        assert named in answer.json()["error"]
         _all_workers(base, has_rule=True, seconds=3)
 
 

@@ -6,9 +6,10 @@ The facts about what is being ordered (the rules' anchor) are built in orders.py
 """
 from __future__ import annotations
 
+import json
 import math
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
@@ -20,7 +21,7 @@ from .. import deadline
 from ..engine.rulebook import Rulebook
 from ..record.references import as_list, index, medication_of
 from .codesystems import CodeSystems
-from .labs import Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir
+from .labs import TOO_LARGE, Coded, LabReader, LabResult, Unreadable, as_datetime, invalid_fhir, oversized
 from .products import Products, route_text
 from .units import Units
 
@@ -33,6 +34,7 @@ GAP_SUBJECTS = {"conditions": "the problem list", "administrations": "the dose h
                 "statements": "the medication statements (doses recorded elsewhere)",
                 "medications": "the medication list", "allergies": "the allergy list",
                 "immunizations": "the immunization history"}
+M = TypeVar("M", Patient, Condition, AllergyIntolerance, Immunization)
 
 
 class FactBuilder:
@@ -70,18 +72,18 @@ class FactBuilder:
 
     def sex(self, patients: list[dict[str, Any]]) -> str:
         for resource in patients:
-            try:
-                gender = Patient.model_validate(resource).gender
-            except ValidationError:
+            patient, _ = _validated(Patient, resource)
+            if patient is None:
                 return "unknown"
+            gender = patient.gender
             return gender if gender in ("male", "female") else "unknown"
         return "unknown"
 
     def _lab_facts(self, observations: list[dict[str, Any]], sex: str, now: datetime) -> list[dict[str, Any]]:
-        """The latest readable final result per analyte (every recent one where any counts), and each
-        result newer than it that could not be read. A preliminary result stands in only while no final
-        one exists: it never replaces a final one. Results are read newest first and only as far as
-        needed: a long record's older results are never validated."""
+        """The latest readable final result per analyte (every recent one where any counts), the newest
+        preliminary result when it is newer than that, and each result newer than it that could not be
+        read. Results are read newest first and only as far as needed: a long record's older results are
+        never validated."""
         by_analyte: dict[str, list[tuple[dict[str, Any], Coded]]] = {}
         for resource in observations:
             coded = self._labs.analyte_of(resource)
@@ -96,7 +98,14 @@ class FactBuilder:
 
     def _readings(self, analyte: str, entries: list[tuple[dict[str, Any], Coded]], now: datetime
                   ) -> tuple[list[LabResult], list[tuple[Unreadable, dict[str, Any]]]]:
-        """The results of one analyte the rules use, and the unreadable ones newer than every final one."""
+        """The results of one analyte the rules use, and the unreadable ones newer than every final one.
+
+        A preliminary (or other non-final) result newer than the latest final one is used beside it, not
+        instead of it: the rules see both, so either one being abnormal gives its card. Today's preliminary
+        ANC of 0.3 is not hidden by a normal final count from three weeks ago, and a normal preliminary
+        does not silence the abnormal final result it may yet be corrected to confirm; a missed warning
+        costs more than a second row in the card's table. The preliminary one is marked as such wherever
+        its value is shown (value_text)."""
         days = self._analytes[analyte].get("every_result_days")
         wanted = EVERY_RESULT_CAP if days else 1
         final: list[LabResult] = []
@@ -117,15 +126,16 @@ class FactBuilder:
                     break
             elif isinstance(reading, LabResult) and provisional is None:
                 provisional = reading
-        return final or ([provisional] if provisional else []), unreadable
+        return final + ([provisional] if provisional else []), unreadable
 
     def _lab_fact(self, lab: LabResult, sex: str, now: datetime) -> dict[str, Any]:
         fact: dict[str, Any] = {
             "kind": "lab", "analyte": lab.analyte, "label": self._analytes[lab.analyte]["label"],
             **_age(lab.when, now), "status": lab.status,
         }
+        marked = "" if lab.final else " (preliminary)" if lab.status == "preliminary" else f" (not final: {lab.status})"
         if lab.result is not None:
-            return {**fact, "result": lab.result, "value_text": lab.result}
+            return {**fact, "result": lab.result, "value_text": lab.result + marked}
         low, high, source = lab.low, lab.high, lab.range_source
         default = DEFAULT_LIMITS.get(lab.analyte)
         if default == "high" and high is None:
@@ -134,7 +144,7 @@ class FactBuilder:
             low, source = self._rulebook.thresholds["igg"]["lln_mg_dl"], "the default limit"
         shown = f"{_num(lab.value)} {lab.unit}"  # lab.unit is the family's display form (units.yaml)
         fact.update(value=round(lab.value, 9), unit=lab.unit, range_source=source,
-                    value_text=f"{shown} (reported as {lab.original})" if lab.original else shown)
+                    value_text=(f"{shown} (reported as {lab.original})" if lab.original else shown) + marked)
         if high:
             fact.update(uln=high, uln_text=f"{_num(high)} {lab.unit}", x_uln=round(lab.value / high, 9),
                         x_uln_text=f"{lab.value / high:.2f} ×")
@@ -179,10 +189,9 @@ class FactBuilder:
                 facts.append(record_gap(f"condition:{group}", what, problem, "is coded under an unknown code system"))
                 continue
             deadline.check()
-            try:
-                condition = Condition.model_validate(resource)
-            except (ValidationError, RecursionError) as e:
-                facts.append(record_gap(f"condition:{group}", what, _invalid(e), "is not valid FHIR"))
+            condition, problem = _validated(Condition, resource)
+            if condition is None:
+                facts.append(record_gap(f"condition:{group}", what, *problem))
                 continue
             if not (_is_active(condition) or (spec.get("history_counts", False) and _is_confirmed(condition))):
                 continue
@@ -222,11 +231,9 @@ class FactBuilder:
                  for m in [self.products.substance(r.get("substance"))] if m), None)
             if substance is None:
                 continue
-            try:
-                allergy = AllergyIntolerance.model_validate(resource)
-            except (ValidationError, RecursionError) as e:
-                facts.append(record_gap("reaction", f"an allergy-list entry for {substance.what}", _invalid(e),
-                                        "is not valid FHIR"))
+            allergy, problem = _validated(AllergyIntolerance, resource)
+            if allergy is None:
+                facts.append(record_gap("reaction", f"an allergy-list entry for {substance.what}", *problem))
                 continue
             if _first_code(allergy.clinicalStatus) in ("inactive", "resolved") or \
                     _first_code(allergy.verificationStatus) in EXCLUDED_VERIFICATION:
@@ -281,11 +288,11 @@ class FactBuilder:
             if kind[0] == "unrecognised":
                 facts.append(record_gap("vaccine", "a vaccine record", kind[1], "is coded under an unknown code system"))
                 continue
-            try:
-                given = Immunization.model_validate(resource).occurrenceDateTime
-            except (ValidationError, RecursionError) as e:
-                facts.append(record_gap("vaccine", f"a {kind[1]} record", _invalid(e), "is not valid FHIR"))
+            immunization, problem = _validated(Immunization, resource)
+            if immunization is None:
+                facts.append(record_gap("vaccine", f"a {kind[1]} record", *problem))
                 continue
+            given = immunization.occurrenceDateTime
             when = as_datetime(given) if given is not None else None
             if when and when > now + self.skew:
                 facts.append(record_gap("vaccine", f"a {kind[1]} record", _dated_after_now(when), "is dated after now"))
@@ -326,6 +333,17 @@ def _dated_after_now(when: datetime) -> str:
 
 def _future(analyte: str, when: datetime) -> Unreadable:
     return Unreadable(analyte, when, _dated_after_now(when), "is dated after now")
+
+
+def _validated(model: type[M], resource: dict[str, Any]) -> tuple[M | None, tuple[str, str]]:
+    """The resource as `model`, or None and why not (reason, brief): not valid FHIR, or too large to
+    validate within a call's budget (labs.MAX_ELEMENTS: validation runs in one go, between deadline checks)."""
+    if oversized(json.dumps(resource, separators=(",", ":"))):
+        return None, (TOO_LARGE, "is too large to read")
+    try:
+        return model.model_validate(resource), ("", "")
+    except (ValidationError, RecursionError) as e:
+        return None, (_invalid(e), "is not valid FHIR")
 
 
 def _invalid(error: Exception) -> str:

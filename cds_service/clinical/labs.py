@@ -11,6 +11,7 @@ remembered by that content (its JSON text), for the last READINGS_KEPT distinct 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -25,6 +26,12 @@ from .units import UnknownUnit, Units
 IGNORED_STATUS = {"entered-in-error", "cancelled", "registered"}
 FINAL_STATUS = {"final", "amended", "corrected"}  # a result any other status (preliminary) never outranks
 READINGS_KEPT = 4096  # a few hundred patients' results: a few MB at most
+MAX_MAGNITUDE = 1e12  # no measurement in any canonical unit comes near it (HBV DNA stays below 1e10 IU/mL)
+MIN_LIMIT = 1e-3  # the smallest non-zero reference limit taken: a value divided by a smaller one means nothing
+MAX_ELEMENTS = 20_000  # JSON values in one resource; real ones have well under a hundred. Validation costs
+# tens of microseconds a value and runs in one go, between two deadline checks: this keeps one resource well
+# under a call's budget (700 000 one-word notes in one result, a 10 MB body, took 40 s to validate)
+TOO_LARGE = f"is too large to read (more than {MAX_ELEMENTS} elements): not validated, so not used"
 REMEMBERED_CHARS = 16 * 1024  # a longer result (real ones are ~1 kB) is read, not remembered: 4096 results
 # of megabytes each, sent on purpose, would otherwise fill a worker's memory
 
@@ -102,6 +109,8 @@ class LabReader:
         if coded.problem:
             return Unreadable(coded.analyte, None, coded.problem, "is coded under an unknown code system")
         text = json.dumps(resource, separators=(",", ":"))
+        if oversized(text):
+            return Unreadable(coded.analyte, None, TOO_LARGE, "is too large to read")
         read = self._read_text if len(text) <= REMEMBERED_CHARS else self._read_text_uncached
         return read(text, coded.analyte)
 
@@ -133,6 +142,10 @@ class LabReader:
             value = self._units.to_canonical(family, _bound(float(q.value), q.comparator), unit)
         except UnknownUnit:
             return Unreadable(analyte, when, f"is in a unit the service does not know ({unit})")
+        if not (plausible(float(q.value)) and plausible(value) and value >= 0):
+            return Unreadable(analyte, when, f"has a value no measurement can have ({_number(float(q.value))} "
+                                             f"{q.unit or unit}): a data error, not compared",
+                              "has a value no measurement can have")
         low, high = self._range(obs, family)
         return LabResult(
             analyte, when, obs.status, value=value, unit=self._units.canonical(family),
@@ -148,7 +161,8 @@ class LabReader:
         return quantity.unit or quantity.code
 
     def _range(self, obs: Observation, family: str) -> tuple[float | None, float | None]:
-        """Limits from the result's own reference range, converted like the value; else (None, None)."""
+        """Limits from the result's own reference range, converted like the value; else (None, None), also
+        when a limit is no limit a lab could set (the default one is used then, and the card says so)."""
         for rr in obs.referenceRange or ():
             if rr.appliesTo or rr.age:
                 continue
@@ -156,6 +170,9 @@ class LabReader:
                 low = self._limit(rr.low, family)
                 high = self._limit(rr.high, family)
             except UnknownUnit:
+                return None, None
+            if not all(limit == 0 or (plausible(limit) and limit >= MIN_LIMIT)
+                       for limit in (low, high) if limit is not None):
                 return None, None
             return low, high
         return None, None
@@ -201,6 +218,19 @@ def invalid_fhir(error: ValidationError) -> str:
         f"{'.'.join(str(p) for p in e['loc']) or 'the resource'}: {e['msg'].removeprefix('Value error, ')}"
         for e in error.errors())
     return "is not valid FHIR (" + "; ".join(problems) + ")"
+
+
+def oversized(text: str) -> bool:
+    """Whether a resource's compact JSON text holds more than MAX_ELEMENTS values, counted at C speed by
+    its separators (commas inside strings count too, which errs only towards refusing)."""
+    return text.count(",") + text.count("{") + text.count("[") > MAX_ELEMENTS
+
+
+def plausible(value: float) -> bool:
+    """Whether a number can be a measured amount at all: finite and below MAX_MAGNITUDE. Anything else is a
+    data error (NaN, Infinity and 1e400 all parse as JSON), never compared; the rules engine could not take
+    it either (engine/durable_rules.py)."""
+    return math.isfinite(value) and abs(value) <= MAX_MAGNITUDE
 
 
 def _bound(value: float, comparator: str | None) -> float:

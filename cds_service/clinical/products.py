@@ -12,10 +12,12 @@ from typing import Any, Iterable, NamedTuple
 
 from ..record.references import as_list
 from .codesystems import CodeSystems
+from .labs import plausible
 
 SUBCUTANEOUS = re.compile(r"\b(subcutaneous|subcut|s\.?c\.?|sq|subq)\b", re.I)
 SNOMED_SUBCUTANEOUS = "34206005"
 MASS_TO_MG = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001}
+UNREADABLE_AMOUNT = "an amount that is not a readable number"  # read as "a dose in an amount that ..."
 UCUM_ANNOTATION = re.compile(r"\{\s*([^{}]*?)\s*\}")  # "{pill}": a count of pills (UCUM unit 1, annotated)
 
 
@@ -202,13 +204,28 @@ def dose(resource: dict[str, Any], mg_per_ml: float | None = None) -> tuple[floa
         candidates = [d.get("doseQuantity") for d in as_list(dosage.get("doseAndRate")) if isinstance(d, dict)]
         candidates.append(dosage.get("doseQuantity"))
         for quantity in candidates:
-            if isinstance(quantity, dict) and isinstance(quantity.get("value"), (int, float)):
+            if isinstance(quantity, dict) and "value" in quantity:
+                amount = _amount(quantity["value"])
+                if amount is None:
+                    return None, UNREADABLE_AMOUNT
                 unit = str(quantity.get("code") or quantity.get("unit") or "")
                 factor = MASS_TO_MG.get(unit.strip().lower())
                 if factor is None and mg_per_ml and unit.strip().lower() == "ml":
                     factor = mg_per_ml
-                return (quantity["value"] * factor, None) if factor else (None, _unit_words(unit))
+                return (amount * factor, None) if factor else (None, _unit_words(unit))
     return None, None
+
+
+def _amount(value: Any) -> float | None:
+    """A dose's value as a number, or None when it is none a dose can have: not a JSON number (`true` is
+    not 1), not finite, or beyond any amount (an integer of 400 digits would not even fit a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        amount = float(value)
+    except OverflowError:
+        return None
+    return amount if plausible(amount) and amount >= 0 else None
 
 
 def _unit_words(unit: str) -> str:

@@ -16,6 +16,7 @@ from .. import logs
 from ..config import Settings
 from ..deadline import DeadlineExceeded
 from ..engine import rulebook
+from ..engine.durable_rules import EngineFailure
 from ..feedback import analytics, body as feedback_body, page
 from ..feedback.store import Store, StoreUnavailable, open_for_serving
 from ..feedback.token_replay import DatabaseReplayCache, ReplayCacheUnavailable
@@ -117,6 +118,9 @@ def create_app(service: CdsService | None = None, settings: Settings | None = No
             log.warning("hook call stopped at its deadline", extra={"fields": {"service": service_id}})
             return _unavailable(f"the checks did not finish within {settings.call_budget_seconds:g} s, so no "
                                 "cards are given (a partial set could hide a warning); send the call again")
+        except EngineFailure as e:
+            log.error("hook call stopped: the rules engine failed", extra={"fields": {"service": service_id}})
+            return _unavailable(f"{e}, so no cards are given (a partial set could hide a warning)")
         g.log_fields = {"service": service_id, "cards": [c["source"]["topic"]["code"] for c in result["cards"]],
                         "silent": [c["source"]["topic"]["code"] for c in silent]}
         observability.count_cards(result["cards"])
