@@ -27,23 +27,30 @@ log = logging.getLogger(__name__)
 
 
 def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
-    """Cards for these findings, most urgent first: one per clinical problem (a family of rules in
-    rules.yaml, or a rule on its own), in the words of its most urgent rule, with what the others of its
-    family found carried in its detail."""
-    by_rule: dict[str, list[Finding]] = {}
+    """Cards for these findings, most urgent first: one per clinical problem of each order (a family of
+    rules in rules.yaml, or a rule on its own), in the words of its most urgent rule, with what the others
+    of its family found carried in its detail. Two orders signed together get cards of their own, each
+    citing its own product's label."""
+    by_problem: dict[tuple[str, tuple[str, ...]], dict[str, list[Finding]]] = {}
     for finding in findings:
-        by_rule.setdefault(finding.rule_id, []).append(finding)
+        problem = (_reference(finding), rulebook.family_of[finding.rule_id])
+        by_problem.setdefault(problem, {}).setdefault(finding.rule_id, []).append(finding)
     thresholds = Names(rulebook.thresholds)
-    problems = dict.fromkeys(rulebook.family_of[rule_id] for rule_id in by_rule)
     cards = []
-    for family in problems:
+    for (reference, family), by_rule in by_problem.items():
         parts = [_Part.of(rulebook.rules[rule_id], by_rule[rule_id], rulebook, thresholds)
                  for rule_id in family if rule_id in by_rule]
         parts.sort(key=lambda part: INDICATOR_RANK[part.indicator])  # stable: a tie keeps the family's order
-        cards.append(_card(parts[0], _adding(parts[1:], parts[0], rulebook), rulebook, hook_instance, patient_id))
+        card_id = f"{hook_instance}/{reference}/{parts[0].rule.id}" if reference else f"{hook_instance}/{parts[0].rule.id}"
+        cards.append(_card(parts[0], _adding(parts[1:], parts[0], rulebook), rulebook, card_id, patient_id))
     order = list(rulebook.rules)
     cards.sort(key=lambda c: (INDICATOR_RANK[c["indicator"]], order.index(c["source"]["topic"]["code"])))
     return cards
+
+
+def _reference(finding: Finding) -> str:
+    """The order a finding is about ("MedicationRequest/1"); "" for the chart (patient-view)."""
+    return finding.bindings["order"].get("reference") or ""
 
 
 @dataclass(frozen=True)
@@ -109,11 +116,12 @@ def _key(fact: dict[str, Any]) -> str:
     return json.dumps(fact, sort_keys=True, default=str)
 
 
-def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
+def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, card_id: str, patient_id: str) -> dict[str, Any]:
+    """The card; `card_id` (the hook instance, the order and the rule) makes its uuid."""
     deadline.check()
     source = _source(lead.rule, lead.order, rulebook)
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{lead.rule.id}")),
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, card_id)),
         "summary": _clip(lead.summary),
         "indicator": lead.indicator,
         "detail": _detail(lead, others, source, rulebook),
