@@ -60,7 +60,8 @@ class _Part:
     rule: Rule
     indicator: str
     findings: list[Finding]
-    said: list[str]  # each finding's summary
+    said: list[str]  # each finding's summary, for the summary field (plain text)
+    said_markdown: list[str]  # the same, for the detail (record text escaped once, for Markdown)
     thresholds: Names
 
     @classmethod
@@ -70,16 +71,30 @@ class _Part:
         chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
                         key=_severity, reverse=True)
         said = [_fill(variants[f.variant].summary, f.bindings, thresholds, markup.plain) for f in chosen]
-        return cls(rule, variants[chosen[0].variant].indicator, chosen, said, thresholds)
+        said_markdown = [_fill(variants[f.variant].summary, f.bindings, thresholds, markup.markdown) for f in chosen]
+        return cls(rule, variants[chosen[0].variant].indicator, chosen, said, said_markdown, thresholds)
 
     def keeping(self, kept: list[bool]) -> "_Part":
-        findings = [f for f, keep in zip(self.findings, kept) if keep]
-        said = [s for s, keep in zip(self.said, kept) if keep]
-        return _Part(self.rule, self.indicator, findings, said, self.thresholds)
+        def kept_of(items: list[Any]) -> list[Any]:
+            return [item for item, keep in zip(items, kept) if keep]
+
+        return _Part(self.rule, self.indicator, kept_of(self.findings), kept_of(self.said),
+                     kept_of(self.said_markdown), self.thresholds)
 
     @property
     def summaries(self) -> list[str]:
         return _unique(self.said)
+
+    @property
+    def summaries_markdown(self) -> list[str]:
+        """Each of `summaries` as the detail shows it."""
+        return list(dict(zip(self.said, self.said_markdown)).values())
+
+    @property
+    def about_gaps(self) -> bool:
+        """Whether every finding is a check that could not run: the detail's list of gaps then says
+        each of them, with its reason, and a list of the summaries would say it twice."""
+        return all(any(fact.get("kind") == "unavailable" for fact in f.bindings.values()) for f in self.findings)
 
     @property
     def order(self) -> dict[str, Any]:
@@ -155,11 +170,11 @@ def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, 
 def _detail(lead: _Part, others: list[_Part], source: dict[str, str], rulebook: Rulebook) -> str:
     order = lead.order
     parts = []
-    if len(lead.summaries) > 1:
-        parts.append(_bullets(lead.summaries))
+    if len(lead.summaries) > 1 and not lead.about_gaps:
+        parts.append(_bullets(lead.summaries_markdown))
     parts.append(lead.detail())
     for other in others:
-        said = markup.markdown(other.summaries[0]) if len(other.summaries) == 1 else "\n" + _bullets(other.summaries)
+        said = other.summaries_markdown[0] if len(other.summaries) == 1 else "\n" + _bullets(other.summaries_markdown)
         parts.append(f"**Also:** {said}\n\n{other.detail()}")
     order = _Inert(order)  # from here on, record text goes into the detail as it is: escaped for Markdown
     findings = [f for part in [lead, *others] for f in part.findings]
@@ -232,7 +247,8 @@ def _unique_by_label(suggestions: Any) -> list[dict[str, Any]]:
 
 
 def _bullets(summaries: list[str]) -> str:
-    return "\n".join(f"- {markup.markdown(s)}" for s in summaries)
+    """Summaries already filled in for Markdown, one bullet each."""
+    return "\n".join(f"- {s}" for s in summaries)
 
 
 def _fill(template: str, bindings: dict[str, Any], thresholds: Names, escape: Callable[[str], str],
