@@ -8,13 +8,16 @@ the clock is frozen at conftest.NOW.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 import cd20_builders as b
 import fhir_builders as fb
 from cd20_builders import OCREVUS
-from test_record_as_it_comes import BASELINE, COULD_NOT_RUN, by_reference, post, request, services, text  # noqa: F401 (fixture)
+from test_fetch import Scripted
+from test_record_as_it_comes import (BASELINE, COULD_NOT_RUN, by_reference, fetching_client, post, request, scripted,
+                                     served_by, services, text)  # noqa: F401 (fixtures)
 
 UNKNOWN_HISTORY = "a first dose (dose history unavailable, so treated as a first dose)"
 
@@ -78,3 +81,37 @@ def test_the_dose_card_counts_earlier_doses_in_words(client, services, doses, sa
     cards = post(client, services, request(services, labs=BASELINE, doses=[b.given(d, b.concept(OCREVUS)) for d in doses],
                                            orders=[b.order(b.concept(OCREVUS), dose=(450, "mg"))]))
     assert f"the dose expected after {said} is" in cards["dose-unexpected"]["detail"]
+
+
+# --- a Medication named by an absolute reference is fetched only from fhirServer itself ------------------
+
+def _medication_search(scripted: Scripted) -> None:
+    found = {"resourceType": "Medication", "id": "m1", "code": b.concept(OCREVUS)}
+    scripted.answer("Medication", (200, fb.bundle([found]), {}))
+
+
+@pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1:{port}/fhir/Medication/m1",
+                                      "http://127.0.0.1:{port}/fhir/./Medication/m1/_history/2",
+                                      "http://127.0.0.1:{port}/%66hir/Medication/m1"])
+def test_an_absolute_reference_to_fhir_server_in_another_spelling_is_fetched(book, services, scripted, spelling):
+    _medication_search(scripted)
+    body = request(services, labs=BASELINE, doses=[by_reference(spelling.format(port=scripted.port))])
+    cards = fb.cards_by_rule(fetching_client(book).post("/cds-services/cd20-order-sign",
+                                                        json=served_by(body, scripted.base, "t0ken")).get_json())
+    assert [urlsplit(c.path).query for c in scripted.calls_for("Medication")] == ["_id=m1"]
+    assert "a maintenance dose" in cards["premedication-missing"]["detail"]
+    assert COULD_NOT_RUN not in cards
+
+
+@pytest.mark.parametrize("spelling", ["http://127.0.0.1:{port}/fhir/../elsewhere/Medication/m1",
+                                      "http://127.0.0.1:{port}/fhir/%2e%2e/elsewhere/Medication/m1",
+                                      "http://127.0.0.1:{port}/fhir/Group/g1/Medication/m1",
+                                      "http://127.0.0.1:{port}/fhirx/Medication/m1"])
+def test_a_reference_that_only_looks_like_fhir_server_is_not_fetched(book, services, scripted, spelling):
+    _medication_search(scripted)
+    body = request(services, labs=BASELINE, doses=[by_reference(spelling.format(port=scripted.port))])
+    cards = fb.cards_by_rule(fetching_client(book).post("/cds-services/cd20-order-sign",
+                                                        json=served_by(body, scripted.base, "t0ken")).get_json())
+    assert scripted.calls_for("Medication") == []
+    assert "names another server" in cards[COULD_NOT_RUN]["detail"]
+    assert UNKNOWN_HISTORY in cards["premedication-missing"]["detail"]
