@@ -85,19 +85,21 @@ def test_the_dose_card_counts_earlier_doses_in_words(client, services, doses, sa
 
 # --- a Medication named by an absolute reference is fetched only from fhirServer itself ------------------
 
-def _medication_search(scripted: Scripted) -> None:
-    found = {"resourceType": "Medication", "id": "m1", "code": b.concept(OCREVUS)}
-    scripted.answer("Medication", (200, fb.bundle([found]), {}))
+def signed_with(reference: str, book, services, scripted: Scripted) -> dict[str, dict[str, Any]]:
+    """The cards for a past dose naming its drug by `reference` ("{port}": the scripted server's), with
+    fhirServer the scripted server, whose Medication search finds Ocrevus as "m1"."""
+    scripted.answer("Medication", (200, fb.bundle([{"resourceType": "Medication", "id": "m1",
+                                                     "code": b.concept(OCREVUS)}]), {}))
+    body = request(services, labs=BASELINE, doses=[by_reference(reference.format(port=scripted.port))])
+    response = fetching_client(book).post("/cds-services/cd20-order-sign", json=served_by(body, scripted.base, "t0ken"))
+    return fb.cards_by_rule(response.get_json())
 
 
 @pytest.mark.parametrize("spelling", ["HTTP://127.0.0.1:{port}/fhir/Medication/m1",
                                       "http://127.0.0.1:{port}/fhir/./Medication/m1/_history/2",
                                       "http://127.0.0.1:{port}/%66hir/Medication/m1"])
 def test_an_absolute_reference_to_fhir_server_in_another_spelling_is_fetched(book, services, scripted, spelling):
-    _medication_search(scripted)
-    body = request(services, labs=BASELINE, doses=[by_reference(spelling.format(port=scripted.port))])
-    cards = fb.cards_by_rule(fetching_client(book).post("/cds-services/cd20-order-sign",
-                                                        json=served_by(body, scripted.base, "t0ken")).get_json())
+    cards = signed_with(spelling, book, services, scripted)
     assert [urlsplit(c.path).query for c in scripted.calls_for("Medication")] == ["_id=m1"]
     assert "a maintenance dose" in cards["premedication-missing"]["detail"]
     assert COULD_NOT_RUN not in cards
@@ -108,10 +110,7 @@ def test_an_absolute_reference_to_fhir_server_in_another_spelling_is_fetched(boo
                                       "http://127.0.0.1:{port}/fhir/Group/g1/Medication/m1",
                                       "http://127.0.0.1:{port}/fhirx/Medication/m1"])
 def test_a_reference_that_only_looks_like_fhir_server_is_not_fetched(book, services, scripted, spelling):
-    _medication_search(scripted)
-    body = request(services, labs=BASELINE, doses=[by_reference(spelling.format(port=scripted.port))])
-    cards = fb.cards_by_rule(fetching_client(book).post("/cds-services/cd20-order-sign",
-                                                        json=served_by(body, scripted.base, "t0ken")).get_json())
+    cards = signed_with(spelling, book, services, scripted)
     assert scripted.calls_for("Medication") == []
     assert "names another server" in cards[COULD_NOT_RUN]["detail"]
     assert UNKNOWN_HISTORY in cards["premedication-missing"]["detail"]
