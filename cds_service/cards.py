@@ -27,23 +27,30 @@ log = logging.getLogger(__name__)
 
 
 def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
-    """Cards for these findings, most urgent first: one per clinical problem (a family of rules in
-    rules.yaml, or a rule on its own), in the words of its most urgent rule, with what the others of its
-    family found carried in its detail."""
-    by_rule: dict[str, list[Finding]] = {}
+    """Cards for these findings, most urgent first: one per clinical problem of each order (a family of
+    rules in rules.yaml, or a rule on its own), in the words of its most urgent rule, with what the others
+    of its family found carried in its detail. Two orders signed together get cards of their own, each
+    citing its own product's label."""
+    by_problem: dict[tuple[str, tuple[str, ...]], dict[str, list[Finding]]] = {}
     for finding in findings:
-        by_rule.setdefault(finding.rule_id, []).append(finding)
+        problem = (_reference(finding), rulebook.family_of[finding.rule_id])
+        by_problem.setdefault(problem, {}).setdefault(finding.rule_id, []).append(finding)
     thresholds = Names(rulebook.thresholds)
-    problems = dict.fromkeys(rulebook.family_of[rule_id] for rule_id in by_rule)
     cards = []
-    for family in problems:
+    for (reference, family), by_rule in by_problem.items():
         parts = [_Part.of(rulebook.rules[rule_id], by_rule[rule_id], rulebook, thresholds)
                  for rule_id in family if rule_id in by_rule]
         parts.sort(key=lambda part: INDICATOR_RANK[part.indicator])  # stable: a tie keeps the family's order
-        cards.append(_card(parts[0], _adding(parts[1:], parts[0], rulebook), rulebook, hook_instance, patient_id))
+        card_id = f"{hook_instance}/{reference}/{parts[0].rule.id}" if reference else f"{hook_instance}/{parts[0].rule.id}"
+        cards.append(_card(parts[0], _adding(parts[1:], parts[0], rulebook), rulebook, card_id, patient_id))
     order = list(rulebook.rules)
     cards.sort(key=lambda c: (INDICATOR_RANK[c["indicator"]], order.index(c["source"]["topic"]["code"])))
     return cards
+
+
+def _reference(finding: Finding) -> str:
+    """The order a finding is about ("MedicationRequest/1"); "" for the chart (patient-view)."""
+    return finding.bindings["order"].get("reference") or ""
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,8 @@ class _Part:
     rule: Rule
     indicator: str
     findings: list[Finding]
-    said: list[str]  # each finding's summary
+    said: list[str]  # each finding's summary, for the summary field (plain text)
+    said_markdown: list[str]  # the same, for the detail (record text escaped once, for Markdown)
     thresholds: Names
 
     @classmethod
@@ -63,16 +71,30 @@ class _Part:
         chosen = sorted((f for f in findings if INDICATOR_RANK[variants[f.variant].indicator] == top),
                         key=_severity, reverse=True)
         said = [_fill(variants[f.variant].summary, f.bindings, thresholds, markup.plain) for f in chosen]
-        return cls(rule, variants[chosen[0].variant].indicator, chosen, said, thresholds)
+        said_markdown = [_fill(variants[f.variant].summary, f.bindings, thresholds, markup.markdown) for f in chosen]
+        return cls(rule, variants[chosen[0].variant].indicator, chosen, said, said_markdown, thresholds)
 
     def keeping(self, kept: list[bool]) -> "_Part":
-        findings = [f for f, keep in zip(self.findings, kept) if keep]
-        said = [s for s, keep in zip(self.said, kept) if keep]
-        return _Part(self.rule, self.indicator, findings, said, self.thresholds)
+        def kept_of(items: list[Any]) -> list[Any]:
+            return [item for item, keep in zip(items, kept) if keep]
+
+        return _Part(self.rule, self.indicator, kept_of(self.findings), kept_of(self.said),
+                     kept_of(self.said_markdown), self.thresholds)
 
     @property
     def summaries(self) -> list[str]:
         return _unique(self.said)
+
+    @property
+    def summaries_markdown(self) -> list[str]:
+        """Each of `summaries` as the detail shows it."""
+        return list(dict(zip(self.said, self.said_markdown)).values())
+
+    @property
+    def about_gaps(self) -> bool:
+        """Whether every finding is a check that could not run: the detail's list of gaps then says
+        each of them, with its reason, and a list of the summaries would say it twice."""
+        return all(any(fact.get("kind") == "unavailable" for fact in f.bindings.values()) for f in self.findings)
 
     @property
     def order(self) -> dict[str, Any]:
@@ -109,11 +131,12 @@ def _key(fact: dict[str, Any]) -> str:
     return json.dumps(fact, sort_keys=True, default=str)
 
 
-def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, hook_instance: str, patient_id: str) -> dict[str, Any]:
+def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, card_id: str, patient_id: str) -> dict[str, Any]:
+    """The card; `card_id` (the hook instance, the order and the rule) makes its uuid."""
     deadline.check()
     source = _source(lead.rule, lead.order, rulebook)
     card: dict[str, Any] = {
-        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}/{lead.rule.id}")),
+        "uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, card_id)),
         "summary": _clip(lead.summary),
         "indicator": lead.indicator,
         "detail": _detail(lead, others, source, rulebook),
@@ -147,11 +170,11 @@ def _source(rule: Rule, order: dict[str, Any], rulebook: Rulebook) -> dict[str, 
 def _detail(lead: _Part, others: list[_Part], source: dict[str, str], rulebook: Rulebook) -> str:
     order = lead.order
     parts = []
-    if len(lead.summaries) > 1:
-        parts.append(_bullets(lead.summaries))
+    if len(lead.summaries) > 1 and not lead.about_gaps:
+        parts.append(_bullets(lead.summaries_markdown))
     parts.append(lead.detail())
     for other in others:
-        said = markup.markdown(other.summaries[0]) if len(other.summaries) == 1 else "\n" + _bullets(other.summaries)
+        said = other.summaries_markdown[0] if len(other.summaries) == 1 else "\n" + _bullets(other.summaries_markdown)
         parts.append(f"**Also:** {said}\n\n{other.detail()}")
     order = _Inert(order)  # from here on, record text goes into the detail as it is: escaped for Markdown
     findings = [f for part in [lead, *others] for f in part.findings]
@@ -224,7 +247,8 @@ def _unique_by_label(suggestions: Any) -> list[dict[str, Any]]:
 
 
 def _bullets(summaries: list[str]) -> str:
-    return "\n".join(f"- {markup.markdown(s)}" for s in summaries)
+    """Summaries already filled in for Markdown, one bullet each."""
+    return "\n".join(f"- {s}" for s in summaries)
 
 
 def _fill(template: str, bindings: dict[str, Any], thresholds: Names, escape: Callable[[str], str],

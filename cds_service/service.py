@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from . import deadline, hooks, shadow
 from .clinical.facts import FactBuilder, foreign_fact, record_gap, unknown_system
-from .clinical.orders import Anchors, Dose, OrderedDrug, prior_depletion, therapy_fact
+from .clinical.orders import Anchors, DoseHistory, OrderedDrug, prior_depletion, therapy_fact
 from .engine import rulebook
 from .engine.durable_rules import Engine, Finding
 from .engine.rulebook import Rulebook
@@ -19,6 +19,7 @@ from .record.references import index
 
 log = logging.getLogger(__name__)
 ORDER_TYPES = {"MedicationRequest", "MedicationOrder"}
+DOSE_HISTORY_KEYS = {"administrations", "statements", "medications"}  # prefetch keys past doses are read from
 SKIPPED_STATUS = {"entered-in-error", "cancelled", "revoked"}
 FACTS_PER_SUBJECT = 20  # see _bounded
 Clock = Callable[[], datetime]
@@ -141,13 +142,14 @@ class CdsService:
         drafts = orders.drafts if orders else []
         bundle = {**index(record.resources), **(orders.bundle if orders else {})}
         exclude = {f"{r.get('resourceType')}/{r.get('id')}" for r in drafts}
-        doses, dose_problems = rules.anchors.doses(record.resources, bundle, exclude, record.unfetched, now)
-        facts = _record_facts(rules, record, orders, doses, bundle, now) + dose_problems
+        history = rules.anchors.doses(record.resources, bundle, exclude, record.unfetched, now)
+        doses = history.doses
+        facts = _record_facts(rules, record, orders, history, bundle, now)
         if orders is None:
             anchor = rules.anchors.therapy(doses, request.hook, now)
             return rules.engine.evaluate(anchor, facts) if anchor else []
         reactions = [f for f in facts if f["kind"] == "reaction"]
-        history_known = not {"administrations", "statements"} & set(record.gaps)
+        history_known = history.complete and not DOSE_HISTORY_KEYS & set(record.gaps)
         draft_groups = rules.anchors.draft_groups(drafts, bundle, orders.drugs)  # once per call, not per order
         anchors = []
         for drug in orders.drugs:
@@ -181,13 +183,15 @@ class CdsService:
         return orders
 
 
-def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders | None, doses: list[Dose],
+def _record_facts(rules: Ruleset, record: prefetch.PatientRecord, orders: Orders | None, history: DoseHistory,
                   bundle: dict[str, dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-    """Everything the rules may match besides their anchor: the record, past therapy, pending orders."""
+    """Everything the rules may match besides their anchor: the record, past therapy and the dose records
+    that could not be counted, pending orders."""
     drafts = orders.drafts if orders else []
     facts = rules.facts.record(record.resources + drafts, record.gaps, now)
     facts += prior_depletion(record.resources, rules.facts.products, bundle, now, rules.facts.skew)
-    therapy = therapy_fact(doses, now)
+    facts += history.problems
+    therapy = therapy_fact(history.doses, now)
     if therapy:
         facts.append(therapy)
     if record.ignored:

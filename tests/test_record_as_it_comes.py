@@ -449,7 +449,6 @@ def test_a_preliminary_result_never_replaces_a_final_one(ask):
     assert indicator(ask(labs=alone, doses=maintenance()), "igg-low") == "warning"  # none final: it stands in
 
 
-
 def test_a_newer_preliminary_result_is_checked_beside_the_final_one(ask):
     """Today's preliminary ANC of 0.3 is not hidden by a normal final count from three weeks ago, and the
     card says the result is preliminary; a normal preliminary after a normal final gives no card."""
@@ -469,16 +468,21 @@ def test_a_newer_preliminary_positive_hbsag_is_not_hidden_by_an_older_negative_o
     assert card["indicator"] == "critical"
     assert "| HBsAg | positive (preliminary) |" in card["detail"]
 
-def test_two_b_cell_depleting_therapies_signed_together(ask):
-    cards = ask(orders=[b.order(b.concept(OCREVUS)), b.order(b.concept(RITUXAN), rid="order-2")], labs=BASELINE)
-    card = cards["duplicate-therapy"]
-    assert card["indicator"] == "warning"
-    assert "Ocrevus" in text(card) and "rituximab" in text(card)
+
+def test_two_b_cell_depleting_therapies_signed_together(client, services):
+    body = request(services, orders=[b.order(b.concept(OCREVUS)), b.order(b.concept(RITUXAN), rid="order-2")],
+                   labs=BASELINE)
+    cards = [c for c in client.post("/cds-services/cd20-order-sign", json=body).get_json()["cards"]
+             if c["source"]["topic"]["code"] == "duplicate-therapy"]
+    assert [card["indicator"] for card in cards] == ["warning", "warning"]  # one on each order
+    assert all("Ocrevus" in text(card) and "rituximab" in text(card) for card in cards)
 
 
-def test_the_day_1_and_day_15_orders_of_one_product_are_not_duplicates(ask):
-    cards = ask(orders=[b.order(b.concept(OCREVUS)), b.order(b.concept(OCREVUS), rid="order-2")], labs=BASELINE)
-    assert "duplicate-therapy" not in cards
+def test_the_day_1_and_day_15_orders_of_one_product_are_not_duplicates(client, services):
+    body = request(services, orders=[b.order(b.concept(OCREVUS)), b.order(b.concept(OCREVUS), rid="order-2")],
+                   labs=BASELINE)
+    cards = client.post("/cds-services/cd20-order-sign", json=body).get_json()["cards"]
+    assert cards and "duplicate-therapy" not in {c["source"]["topic"]["code"] for c in cards}
 
 
 def test_an_active_kesimpta_prescription_while_ocrevus_is_ordered(ask):

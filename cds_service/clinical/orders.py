@@ -41,6 +41,20 @@ class Dose:
     when: datetime
 
 
+@dataclass(frozen=True)
+class DoseHistory:
+    """The past doses found, newest first, and the dose records that could not be counted (as
+    data-unavailable facts). A record that could not be counted may be a dose given, so with any of them
+    the history is not known to be complete: no order is then taken for a known first dose."""
+
+    doses: list[Dose]
+    problems: list[dict[str, Any]]
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
 class Anchors:
     def __init__(self, products: Products, thresholds: dict[str, Any]) -> None:
         self.products = products
@@ -55,11 +69,11 @@ class Anchors:
         return OrderedDrug(f"{resource.get('resourceType')}/{resource.get('id')}", product, match, resource)
 
     def doses(self, resources: Iterable[dict[str, Any]], bundle: dict[str, dict[str, Any]], exclude: set[str],
-              unfetched: dict[str, str], now: datetime) -> tuple[list[Dose], list[dict[str, Any]]]:
-        """Past anti-CD20 doses on record (administrations, statements, completed orders), newest first;
-        and, as data-unavailable facts, the dose records that could not be counted: dated after now, coded
-        under a system the service does not recognise, or naming their medicine only by a reference that
-        could not be resolved (`unfetched`: why)."""
+              unfetched: dict[str, str], now: datetime) -> DoseHistory:
+        """Past anti-CD20 doses on record (administrations, statements, completed orders); and, as
+        data-unavailable facts, the dose records that could not be counted: undated or with a date that
+        cannot be read, dated after now, coded under a system the service does not recognise, or naming
+        their medicine only by a reference that could not be resolved (`unfetched`: why)."""
         found, problems, unidentified = [], [], []
         for resource in resources:
             kind = resource.get("resourceType")
@@ -72,10 +86,15 @@ class Anchors:
             if reference:
                 unidentified.append(unfetched.get(reference, "it could not be retrieved"))
             matched = self.products.product(concept, route_text(resource))
-            when = _time_of(resource)
-            if not (matched and when):
+            if not matched:
                 continue
-            what = f"a {matched[0].data['short']} dose record of {when.date().isoformat()}"
+            when, stated = _time_of(resource)
+            short = matched[0].data["short"]
+            if when is None:
+                problems.append(record_gap("dose-history", f"a dose record of {short}",
+                                           _undated(stated), "has no readable date"))
+                continue
+            what = f"the {short} dose record of {when.date().isoformat()}"
             if matched[1].unknown_system:
                 problems.append(record_gap("dose-history", what, unknown_system(matched[1].text, matched[1].unknown_system),
                                            "is coded under an unknown code system"))
@@ -85,7 +104,7 @@ class Anchors:
                 found.append(Dose(matched[0], when))
         if unidentified:
             problems.append(_unidentified(unidentified))
-        return sorted(found, key=lambda d: d.when, reverse=True), problems
+        return DoseHistory(sorted(found, key=lambda d: d.when, reverse=True), problems)
 
     def draft_groups(self, drafts: list[dict[str, Any]], bundle: dict[str, dict[str, Any]],
                      drugs: list[OrderedDrug]) -> DraftGroups:
@@ -103,7 +122,7 @@ class Anchors:
         same = [d for d in doses if d.product.ingredient == product.ingredient]
         fact = self._product_fact(product, "anti-cd20", hook)
         fact.update(reference=drug.reference, matched_by=drug.match.by, matched_text=drug.match.text,
-                    prior_doses=len(same))
+                    prior_doses_text=_earlier_doses(len(same), history_known))
         if same:
             fact.update(phase="maintenance", phase_text="a maintenance dose", **_since(same[0].when, now))
         else:
@@ -170,7 +189,7 @@ def prior_depletion(resources: Iterable[dict[str, Any]], products: Products, bun
             continue
         if resource.get("status") in HISTORY_STATUS_EXCLUDED:
             continue
-        when = _time_of(resource)
+        when, _ = _time_of(resource)
         groups = [g for g in products.groups(medication_of(resource, bundle)) if g in PRIOR_DEPLETING]
         if not (when and groups):
             continue
@@ -204,6 +223,11 @@ def _next_dose(last: datetime, due_after: int, window: int, now: datetime) -> di
 
 def _since(when: datetime, now: datetime) -> dict[str, Any]:
     return {"last_dose": when.date().isoformat(), "days_since_last_dose": max(0, (now - when).days)}
+
+
+def _earlier_doses(count: int, history_known: bool) -> str:
+    said = "no earlier dose" if count == 0 else "1 earlier dose" if count == 1 else f"{count} earlier doses"
+    return said if history_known else f"{said} on record (the dose history is incomplete)"
 
 
 def _dose_check(resource: dict[str, Any], product: Product, prior: int) -> dict[str, Any]:
@@ -244,20 +268,22 @@ def _reaction(product: Product, reactions: list[dict[str, Any]]) -> dict[str, An
     return {}
 
 
-def _time_of(resource: dict[str, Any]) -> datetime | None:
+def _time_of(resource: dict[str, Any]) -> tuple[datetime | None, str | None]:
     """When a dose was given: its effective time (a period's end, the last dose of a course recorded as
-    one statement, else its start), else when the order was written or the statement made."""
-    for key in ("effectiveDateTime", "occurrenceDateTime"):
-        if isinstance(resource.get(key), str):
-            return _parse(resource[key])
+    one statement, else its start), else when the order was written or the statement made; and the date
+    as written, which may not be readable (None when the record states none)."""
     period = resource.get("effectivePeriod")
-    for end in ("end", "start"):
-        if isinstance(period, dict) and isinstance(period.get(end), str):
-            return _parse(period[end])
-    for key in ("authoredOn", "dateAsserted"):
-        if isinstance(resource.get(key), str):
-            return _parse(resource[key])
-    return None
+    period = period if isinstance(period, dict) else {}
+    for value in (resource.get("effectiveDateTime"), resource.get("occurrenceDateTime"), period.get("end"),
+                  period.get("start"), resource.get("authoredOn"), resource.get("dateAsserted")):
+        if isinstance(value, str):
+            return _parse(value), value
+    return None, None
+
+
+def _undated(stated: str | None) -> str:
+    said = f"has a date that cannot be read (\"{stated}\")" if stated is not None else "has no date"
+    return f"{said}, so it cannot be placed in the dose history: a dose given may be missing from the checks"
 
 
 def _dated_after_now(when: datetime) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import quote
 
 from ..hooks import HookRequest
-from . import identity, references
+from . import identity, references, urls
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,7 @@ def _fetch_medications(request: HookRequest, fetcher: Fetcher | None, record: Pa
     bundle = references.index(record.resources)
     refs = dict.fromkeys(ref for r in record.resources if r.get("resourceType") in MEDICATION_RESOURCES
                          for ref in [references.unresolved_reference(r, bundle)] if ref)
-    base = (request.fhirServer or "").rstrip("/")
-    local = {ref: references.reference_target(ref) for ref in refs if "://" not in ref or (base and ref.startswith(base + "/"))}
+    local = {ref: references.reference_target(ref) for ref in refs if _on_server(ref, request.fhirServer)}
     record.unfetched.update({ref: "it names another server, which the service does not contact"
                              for ref in refs if ref not in local})
     wanted = dict.fromkeys(local.values())
@@ -212,6 +211,20 @@ def _fetch_medications(request: HookRequest, fetcher: Fetcher | None, record: Pa
             record.resources.append(found[target])
         else:
             record.unfetched[ref] = reason
+
+
+def _on_server(reference: str, server: str | None) -> bool:
+    """Whether a Medication reference names one on `server`: relative, or absolute and, in urls.py's one
+    spelling, exactly `server`'s base followed by "Medication/id" (a version after it allowed). A reference
+    that only looks so before its dot segments or escapes are resolved names another server."""
+    if "://" not in reference:
+        return True
+    parts, base = urls.normalise(reference), urls.normalise(server or "")
+    if parts is None or base is None or parts.query or base.query or not parts.under(base):
+        return False
+    rest = parts.path.removeprefix(base.path.rstrip("/")).strip("/")
+    target = references.reference_target(reference)
+    return target is not None and (rest == target or rest.startswith(f"{target}/_history/"))
 
 
 def _fetched_medications(request: HookRequest, fetcher: Fetcher | None,
