@@ -9,7 +9,8 @@ chosen for what a machine like CI's needs:
 - open-file and process limits no higher than this machine's hard limits (podman's defaults are higher,
   and a container cannot raise a limit past the machine's),
 - runc (crun refuses hosts that mix cgroup v1 and v2), netavark with aardvark-dns (so that the lab's
-  services find each other by name),
+  services find each other by name) and iptables, which netavark runs (a machine without it fails every
+  build step that uses the network with "netavark: No such file or directory"),
 - images in the docker format (the OCI format drops HEALTHCHECK).
 CDS_CONTAINER_ENGINE=docker or podman overrides the choice.
 """
@@ -34,7 +35,8 @@ from tests import debian
 
 ROOT = Path(__file__).resolve().parent.parent
 PODMAN_PACKAGES = {"podman": "/usr/bin/podman", "runc": "/usr/bin/runc", "netavark": "/usr/lib/podman/netavark",
-                   "aardvark-dns": "/usr/lib/podman/aardvark-dns"}
+                   "aardvark-dns": "/usr/lib/podman/aardvark-dns",
+                   "iptables": "/usr/sbin/iptables"}  # netavark 1.4 sets up every network with iptables
 MIN_FREE_BYTES = 8 * 2**30  # a cold run's base images and builds take 2 to 3 GB; never fill the disk
 
 
