@@ -114,3 +114,17 @@ def test_a_reference_that_only_looks_like_fhir_server_is_not_fetched(book, servi
     assert scripted.calls_for("Medication") == []
     assert "names another server" in cards[COULD_NOT_RUN]["detail"]
     assert UNKNOWN_HISTORY in cards["premedication-missing"]["detail"]
+
+
+@pytest.mark.parametrize("dates, said", [({}, "has no date"),
+                                         ({"effectiveDateTime": "spring 2024"}, 'has a date that cannot be read ("spring 2024")')],
+                         ids=["no date", "unreadable date"])
+def test_a_cladribine_record_without_a_readable_date_is_named_not_passed_over(client, services, dates, said):
+    """Past immune-depleting therapy raises a warning within its look-back; a record that cannot be placed
+    in time is a data problem on the card, never taken for no such therapy."""
+    cladribine = b.given(200, b.named("Mavenclad (cladribine) 10 mg tablet"))
+    del cladribine["effectiveDateTime"]
+    cards = post(client, services, request(services, labs=BASELINE, doses=[{**cladribine, **dates}]))
+    assert "prior-immune-depletion" not in cards
+    assert f"- a record of cladribine (Mavenclad) {said}, so it cannot be told whether it was given recently enough" \
+        in cards[COULD_NOT_RUN]["detail"]

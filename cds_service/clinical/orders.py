@@ -181,20 +181,24 @@ class Anchors:
 
 def prior_depletion(resources: Iterable[dict[str, Any]], products: Products, bundle: dict[str, dict[str, Any]],
                     now: datetime, allowance: timedelta) -> list[dict[str, Any]]:
-    """Facts for past cladribine or alemtuzumab (any record of it being given or ordered); a record dated
-    more than `allowance` after now is a data problem instead."""
+    """Facts for past cladribine or alemtuzumab (any record of it being given or ordered); a record with
+    no readable date, or dated more than `allowance` after now, is a data problem instead: whether it was
+    given inside the rule's window cannot be told, and passing it over would hide the warning."""
     facts = []
     for resource in resources:
         if resource.get("resourceType") not in ("MedicationAdministration", "MedicationStatement", "MedicationRequest"):
             continue
         if resource.get("status") in HISTORY_STATUS_EXCLUDED:
             continue
-        when, _ = _time_of(resource)
+        when, stated = _time_of(resource)
         groups = [g for g in products.groups(medication_of(resource, bundle)) if g in PRIOR_DEPLETING]
-        if not (when and groups):
+        if not groups:
             continue
         label = products.group_label(groups[0])
-        if when > now + allowance:
+        if when is None:
+            facts.append(record_gap("prior-therapy", f"a record of {label}", f"{_unreadable_date(stated)}, so "
+                                    "it cannot be told whether it was given recently enough to matter", "has no readable date"))
+        elif when > now + allowance:
             facts.append(record_gap("prior-therapy", f"a record of {label}", _dated_after_now(when), "is dated after now"))
         else:
             facts.append({"kind": "prior_therapy", "group": groups[0], "label": label,
@@ -282,8 +286,11 @@ def _time_of(resource: dict[str, Any]) -> tuple[datetime | None, str | None]:
 
 
 def _undated(stated: str | None) -> str:
-    said = f"has a date that cannot be read (\"{stated}\")" if stated is not None else "has no date"
-    return f"{said}, so it cannot be placed in the dose history: a dose given may be missing from the checks"
+    return f"{_unreadable_date(stated)}, so it cannot be placed in the dose history: a dose given may be missing from the checks"
+
+
+def _unreadable_date(stated: str | None) -> str:
+    return f"has a date that cannot be read (\"{stated}\")" if stated is not None else "has no date"
 
 
 def _dated_after_now(when: datetime) -> str:
