@@ -115,6 +115,8 @@ class Engine:
         The record is asserted before the orders: rules with `unless` patterns are decided when an
         order arrives, so everything they might be waiting for must already be there.
         """
+        if not orders:  # patient-view with no therapy under way: nothing is asked
+            return []
         facts = _distinct([_for_rules({**fact, "sid": SID}) for fact in record])
         digest = hashlib.blake2b("\n".join(facts).encode(), digest_size=16).digest()
         keyed = [(_canonical(anchor), anchor) for anchor in (_for_rules({**order, "sid": SID}) for order in orders)]
