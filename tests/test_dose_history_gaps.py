@@ -75,6 +75,19 @@ def test_a_dose_whose_medicine_could_not_be_had_makes_the_history_unknown(client
     assert "names its medicine only by a reference that could not be resolved" in text(cards[COULD_NOT_RUN])
 
 
+@pytest.mark.parametrize("reference, why", [("#not-contained", "the reference names no Medication"),
+                                            ("%4Dedication/m1", "the reference names no Medication"),
+                                            ("Medication/", "the reference names no Medication"),
+                                            ("Medication/uncoded", "the Medication it names has no code")])
+def test_a_dose_naming_its_medicine_by_a_reference_that_leads_nowhere_makes_the_history_unknown(
+        client, services, reference, why):
+    body = request(services, labs=BASELINE, doses=[by_reference(reference)])
+    body["prefetch"]["medications"] = fb.bundle([{"resourceType": "Medication", "id": "uncoded", "status": "active"}])
+    cards = post(client, services, body)
+    assert UNKNOWN_HISTORY in cards["premedication-missing"]["detail"]
+    assert f"names its medicine only by a reference that could not be resolved ({why}" in text(cards[COULD_NOT_RUN])
+
+
 @pytest.mark.parametrize("doses, said", [([], "no earlier dose"), ([182], "1 earlier dose"),
                                          ([168, 182], "2 earlier doses")])
 def test_the_dose_card_counts_earlier_doses_in_words(client, services, doses, said):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable
 
-from ..record.references import medication_of, unresolved_reference
+from ..record.references import medication_of, referenced_medication, unresolved_reference
 from .facts import record_gap, skew, unknown_system
 from .labs import as_datetime
 from .products import Match, Product, Products, dose, route_text
@@ -82,9 +82,9 @@ class Anchors:
             if f"{kind}/{resource.get('id')}" in exclude:
                 continue
             concept = medication_of(resource, bundle)
-            reference = unresolved_reference(resource, bundle) if concept is None else None
-            if reference:
-                unidentified.append(unfetched.get(reference, "it could not be retrieved"))
+            why = _unidentified_why(resource, bundle, unfetched) if concept is None else None
+            if why:
+                unidentified.append(why)
             matched = self.products.product(concept, route_text(resource))
             if not matched:
                 continue
@@ -295,6 +295,21 @@ def _unreadable_date(stated: str | None) -> str:
 
 def _dated_after_now(when: datetime) -> str:
     return f"is dated after now ({when.date().isoformat()}): a data error, not a dose given"
+
+
+def _unidentified_why(resource: dict[str, Any], bundle: dict[str, dict[str, Any]], unfetched: dict[str, str]
+                      ) -> str | None:
+    """Why a record naming its medicine only by `medicationReference` (no display either) cannot be
+    identified: the Medication was not had, has no code, or the reference leads nowhere (a missing
+    contained one, a spelling that names no Medication). Any of these may hide a dose given."""
+    if not isinstance(resource.get("medicationReference"), dict):
+        return None
+    fetchable = unresolved_reference(resource, bundle)
+    if fetchable:
+        return unfetched.get(fetchable, "it could not be retrieved")
+    if referenced_medication(resource, bundle) is not None:
+        return "the Medication it names has no code"
+    return "the reference names no Medication this service can find"
 
 
 def _unidentified(reasons: list[str]) -> dict[str, Any]:
