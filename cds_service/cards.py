@@ -29,28 +29,31 @@ log = logging.getLogger(__name__)
 def build(findings: list[Finding], rulebook: Rulebook, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
     """Cards for these findings, most urgent first: one per clinical problem of each order (a family of
     rules in rules.yaml, or a rule on its own), in the words of its most urgent rule, with what the others
-    of its family found carried in its detail. Two orders signed together get cards of their own, each
-    citing its own product's label."""
+    of its family found carried in its detail. Orders of two products signed together get cards of their
+    own, each citing its own product's label; orders of one product (the day 1 and day 15 infusions)
+    share theirs, since a problem of the patient's is one problem however many infusions are signed."""
     by_problem: dict[tuple[str, tuple[str, ...]], dict[str, list[Finding]]] = {}
     for finding in findings:
-        problem = (_reference(finding), rulebook.family_of[finding.rule_id])
+        problem = (_subject(finding), rulebook.family_of[finding.rule_id])
         by_problem.setdefault(problem, {}).setdefault(finding.rule_id, []).append(finding)
     thresholds = Names(rulebook.thresholds)
     cards = []
-    for (reference, family), by_rule in by_problem.items():
+    for (subject, family), by_rule in by_problem.items():
         parts = [_Part.of(rulebook.rules[rule_id], by_rule[rule_id], rulebook, thresholds)
                  for rule_id in family if rule_id in by_rule]
         parts.sort(key=lambda part: INDICATOR_RANK[part.indicator])  # stable: a tie keeps the family's order
-        card_id = f"{hook_instance}/{reference}/{parts[0].rule.id}" if reference else f"{hook_instance}/{parts[0].rule.id}"
+        card_id = f"{hook_instance}/{subject}/{parts[0].rule.id}" if subject else f"{hook_instance}/{parts[0].rule.id}"
         cards.append(_card(parts[0], _adding(parts[1:], parts[0], rulebook), rulebook, card_id, patient_id))
     order = list(rulebook.rules)
     cards.sort(key=lambda c: (INDICATOR_RANK[c["indicator"]], order.index(c["source"]["topic"]["code"])))
     return cards
 
 
-def _reference(finding: Finding) -> str:
-    """The order a finding is about ("MedicationRequest/1"); "" for the chart (patient-view)."""
-    return finding.bindings["order"].get("reference") or ""
+def _subject(finding: Finding) -> str:
+    """What a finding's card is about: the ordered product ("ocrelizumab-iv"), a vaccine order by its
+    reference ("MedicationRequest/1"), "" for the chart (patient-view, which has one subject)."""
+    order = finding.bindings["order"]
+    return "" if order.get("about") == "chart" else order.get("product") or order.get("reference") or ""
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def _key(fact: dict[str, Any]) -> str:
 
 
 def _card(lead: _Part, others: list[_Part], rulebook: Rulebook, card_id: str, patient_id: str) -> dict[str, Any]:
-    """The card; `card_id` (the hook instance, the order and the rule) makes its uuid."""
+    """The card; `card_id` (the hook instance, what the card is about and the rule) makes its uuid."""
     deadline.check()
     source = _source(lead.rule, lead.order, rulebook)
     card: dict[str, Any] = {
