@@ -525,3 +525,10 @@ def test_ucum_spelled_system_reads_the_code(ask):
     alt["valueQuantity"]["system"] = UCUM + "/"
     labs = [*BASELINE[:3], alt, *NORMAL_LIVER[1:], BASELINE[-1]]
     assert ask(labs=labs, doses=maintenance())["liver-enzymes-elevated"]["indicator"] == "warning"
+
+
+def test_a_tiny_value_is_shown_as_a_plain_number(ask):
+    labs = [*BASELINE[:-1], fb.lab(ANC, 0.00005, "10*9/L", days_ago=3)]
+    card = ask(labs=labs)["neutropenia"]
+    assert card["indicator"] == "critical"
+    assert "ANC 0.00005 ×10⁹/L" in card["summary"] and "e-05" not in text(card)

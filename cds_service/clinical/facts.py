@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
@@ -425,4 +426,5 @@ def _default_source(sex: str) -> str:
 
 
 def _num(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    """Three significant figures, never in exponent form (a clinician reads "0.00005", not "5e-05")."""
+    return format(Decimal(f"{value:.3g}"), "f") if abs(value) < 100 else f"{value:.0f}"
